@@ -96,9 +96,9 @@ impl TrackId {
 
     pub fn parse(id: impl Into<String>) -> Result<Self, IdError> {
         let id = id.into();
-        let valid = id.split_once(':').is_some_and(|(peer, uuid)| {
-            PeerId::new(peer).is_ok() && Uuid::try_parse(uuid).is_ok()
-        });
+        let valid = id
+            .split_once(':')
+            .is_some_and(|(peer, uuid)| PeerId::new(peer).is_ok() && Uuid::try_parse(uuid).is_ok());
         if !valid {
             return Err(IdError::BadTrackId(id));
         }

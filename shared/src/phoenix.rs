@@ -112,7 +112,12 @@ impl Frame {
     }
 
     /// A push from the server: `ref` is null, `join_ref` is that of the topic's current join.
-    pub fn push(join_ref: Option<String>, topic: &str, event: PhoenixEvent, payload: Value) -> Frame {
+    pub fn push(
+        join_ref: Option<String>,
+        topic: &str,
+        event: PhoenixEvent,
+        payload: Value,
+    ) -> Frame {
         Frame {
             join_ref,
             msg_ref: None,
@@ -144,7 +149,12 @@ impl Frame {
     pub fn close(join_ref: &str, topic: &str) -> Frame {
         Frame {
             msg_ref: Some(join_ref.to_owned()),
-            ..Frame::push(Some(join_ref.to_owned()), topic, PhoenixEvent::Close, json!({}))
+            ..Frame::push(
+                Some(join_ref.to_owned()),
+                topic,
+                PhoenixEvent::Close,
+                json!({}),
+            )
         }
     }
 
@@ -152,7 +162,12 @@ impl Frame {
     pub fn channel_error(join_ref: &str, topic: &str) -> Frame {
         Frame {
             msg_ref: Some(join_ref.to_owned()),
-            ..Frame::push(Some(join_ref.to_owned()), topic, PhoenixEvent::Error, json!({}))
+            ..Frame::push(
+                Some(join_ref.to_owned()),
+                topic,
+                PhoenixEvent::Error,
+                json!({}),
+            )
         }
     }
 

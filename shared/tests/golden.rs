@@ -11,7 +11,8 @@ use shared::{ClientEvent, PeerId, ServerEvent, TrackId};
 
 const P: &str = "5c4e2a9e-7d1b-4f6a-9b3e-2f1d8c6a4b10";
 const Q: &str = "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d";
-const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n";
+const OFFER: &str =
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n";
 const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2 3\r\n";
 
 fn peer(id: &str) -> PeerId {
@@ -41,7 +42,10 @@ fn check<T: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
     let decoded = decode(&fixture_value.to_string()).expect("fixture decodes");
     assert_eq!(decoded, expected);
     let encoded: Value = serde_json::from_str(&encode(&decoded)).expect("encoding is JSON");
-    assert_eq!(encoded, fixture_value, "re-encoding differs from the fixture");
+    assert_eq!(
+        encoded, fixture_value,
+        "re-encoding differs from the fixture"
+    );
 }
 
 fn check_client(fixture: &str, expected: ClientEvent) {
@@ -65,7 +69,10 @@ macro_rules! fixture {
 #[test]
 fn client_join() {
     let metadata = json!({"displayName": "Ann"});
-    check_client(fixture!("client", "join"), ClientEvent::Join(Join { metadata }));
+    check_client(
+        fixture!("client", "join"),
+        ClientEvent::Join(Join { metadata }),
+    );
 }
 
 #[test]
@@ -95,7 +102,10 @@ fn client_update_track_metadata() {
 
 #[test]
 fn client_renegotiate_tracks() {
-    check_client(fixture!("client", "renegotiateTracks"), ClientEvent::RenegotiateTracks);
+    check_client(
+        fixture!("client", "renegotiateTracks"),
+        ClientEvent::RenegotiateTracks,
+    );
 }
 
 #[test]
@@ -111,7 +121,10 @@ fn client_sdp_offer() {
                 (track_a(), json!({"type": "audio", "active": true})),
                 (track_v(), camera(true)),
             ]),
-            mid_to_track_id: BTreeMap::from([("0".to_owned(), track_a()), ("1".to_owned(), track_v())]),
+            mid_to_track_id: BTreeMap::from([
+                ("0".to_owned(), track_a()),
+                ("1".to_owned(), track_v()),
+            ]),
         }),
     );
 }
@@ -140,9 +153,17 @@ fn client_set_target_track_variant() {
 
 #[test]
 fn client_prioritize_and_unprioritize_track() {
-    let track = || TrackRef { track_id: track_q() };
-    check_client(fixture!("client", "prioritizeTrack"), ClientEvent::PrioritizeTrack(track()));
-    check_client(fixture!("client", "unprioritizeTrack"), ClientEvent::UnprioritizeTrack(track()));
+    let track = || TrackRef {
+        track_id: track_q(),
+    };
+    check_client(
+        fixture!("client", "prioritizeTrack"),
+        ClientEvent::PrioritizeTrack(track()),
+    );
+    check_client(
+        fixture!("client", "unprioritizeTrack"),
+        ClientEvent::UnprioritizeTrack(track()),
+    );
 }
 
 #[test]
@@ -176,8 +197,13 @@ fn server_peer_accepted() {
 #[test]
 fn server_peer_denied() {
     let reason = json!({"reason": "room is full"});
-    let Value::Object(reason) = reason else { unreachable!() };
-    check_server(fixture!("server", "peerDenied"), ServerEvent::PeerDenied(reason));
+    let Value::Object(reason) = reason else {
+        unreachable!()
+    };
+    check_server(
+        fixture!("server", "peerDenied"),
+        ServerEvent::PeerDenied(reason),
+    );
 }
 
 #[test]
@@ -195,7 +221,10 @@ fn server_peer_joined() {
 
 #[test]
 fn server_peer_left() {
-    check_server(fixture!("server", "peerLeft"), ServerEvent::PeerLeft(PeerLeft { peer_id: peer(Q) }));
+    check_server(
+        fixture!("server", "peerLeft"),
+        ServerEvent::PeerLeft(PeerLeft { peer_id: peer(Q) }),
+    );
 }
 
 #[test]
@@ -258,7 +287,9 @@ fn server_track_updated() {
 fn server_tracks_priority() {
     check_server(
         fixture!("server", "tracksPriority"),
-        ServerEvent::TracksPriority(TracksPriority { tracks: vec![track_q()] }),
+        ServerEvent::TracksPriority(TracksPriority {
+            tracks: vec![track_q()],
+        }),
     );
 }
 
@@ -327,7 +358,13 @@ fn server_candidate() {
 }
 
 fn request(join_ref: Option<&str>, msg_ref: &str, topic: &str, event: PhoenixEvent) -> Frame {
-    Frame::request(join_ref.map(str::to_owned), msg_ref.to_owned(), topic, event, json!({}))
+    Frame::request(
+        join_ref.map(str::to_owned),
+        msg_ref.to_owned(),
+        topic,
+        event,
+        json!({}),
+    )
 }
 
 #[test]
@@ -348,7 +385,10 @@ fn phoenix_requests() {
         "room:r1",
         ClientEvent::Leave.encode(),
     );
-    check_frame(fixture!("phoenix", "media_event_from_client"), media.clone());
+    check_frame(
+        fixture!("phoenix", "media_event_from_client"),
+        media.clone(),
+    );
     assert_eq!(
         ClientEvent::decode(media.media_event_data().unwrap()),
         Ok(ClientEvent::Leave)
@@ -385,5 +425,8 @@ fn phoenix_pushes() {
         Frame::media_event(Some("4".to_owned()), None, "room:r1", left.encode()),
     );
     check_frame(fixture!("phoenix", "close"), Frame::close("4", "room:r1"));
-    check_frame(fixture!("phoenix", "channel_error"), Frame::channel_error("4", "room:r1"));
+    check_frame(
+        fixture!("phoenix", "channel_error"),
+        Frame::channel_error("4", "room:r1"),
+    );
 }

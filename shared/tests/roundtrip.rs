@@ -33,7 +33,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
             vec(inner.clone(), 0..4).prop_map(Value::from),
-            btree_map(".{0,8}", inner, 0..4).prop_map(|map| Value::Object(map.into_iter().collect())),
+            btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
         ]
     })
 }
@@ -52,46 +53,66 @@ fn mids() -> impl Strategy<Value = BTreeMap<String, TrackId>> {
 }
 
 fn layer() -> impl Strategy<Value = SimulcastLayer> {
-    prop_oneof![Just(SimulcastLayer::Low), Just(SimulcastLayer::Medium), Just(SimulcastLayer::High)]
+    prop_oneof![
+        Just(SimulcastLayer::Low),
+        Just(SimulcastLayer::Medium),
+        Just(SimulcastLayer::High)
+    ]
 }
 
 fn client_event() -> impl Strategy<Value = ClientEvent> {
     prop_oneof![
         metadata().prop_map(|metadata| ClientEvent::Join(Join { metadata })),
         Just(ClientEvent::Leave),
-        metadata().prop_map(|metadata| ClientEvent::UpdatePeerMetadata(UpdatePeerMetadata { metadata })),
+        metadata()
+            .prop_map(|metadata| ClientEvent::UpdatePeerMetadata(UpdatePeerMetadata { metadata })),
         (track_id(), json_value()).prop_map(|(track_id, track_metadata)| {
-            ClientEvent::UpdateTrackMetadata(UpdateTrackMetadata { track_id, track_metadata })
+            ClientEvent::UpdateTrackMetadata(UpdateTrackMetadata {
+                track_id,
+                track_metadata,
+            })
         }),
         Just(ClientEvent::RenegotiateTracks),
         (".*", tracks(), mids()).prop_map(|(sdp, track_id_to_track_metadata, mid_to_track_id)| {
             ClientEvent::SdpOffer(SdpOffer {
-                sdp_offer: SessionDescription { sdp_type: SdpType::Offer, sdp },
+                sdp_offer: SessionDescription {
+                    sdp_type: SdpType::Offer,
+                    sdp,
+                },
                 track_id_to_track_metadata,
                 mid_to_track_id,
             })
         }),
         (".*", option::of(0..16u32)).prop_map(|(candidate, sdp_m_line_index)| {
-            ClientEvent::Candidate(ClientCandidate { candidate, sdp_m_line_index })
+            ClientEvent::Candidate(ClientCandidate {
+                candidate,
+                sdp_m_line_index,
+            })
         }),
         (track_id(), layer()).prop_map(|(track_id, variant)| {
             ClientEvent::SetTargetTrackVariant(SetTargetTrackVariant { track_id, variant })
         }),
         track_id().prop_map(|track_id| ClientEvent::PrioritizeTrack(TrackRef { track_id })),
         track_id().prop_map(|track_id| ClientEvent::UnprioritizeTrack(TrackRef { track_id })),
-        (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(big, medium, small, same)| {
-            ClientEvent::PreferedVideoSizes(PreferedVideoSizes {
-                big_screens: big,
-                medium_screens: medium,
-                small_screens: small,
-                all_same_size: same,
-            })
-        }),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+            |(big, medium, small, same)| {
+                ClientEvent::PreferedVideoSizes(PreferedVideoSizes {
+                    big_screens: big,
+                    medium_screens: medium,
+                    small_screens: small,
+                    all_same_size: same,
+                })
+            }
+        ),
     ]
 }
 
 fn turn_server() -> impl Strategy<Value = TurnServer> {
-    let transport = prop_oneof![Just(TurnTransport::Udp), Just(TurnTransport::Tcp), Just(TurnTransport::Tls)];
+    let transport = prop_oneof![
+        Just(TurnTransport::Udp),
+        Just(TurnTransport::Tcp),
+        Just(TurnTransport::Tls)
+    ];
     (".{0,20}", any::<u16>(), transport, ".{0,20}", ".{0,20}").prop_map(
         |(server_addr, server_port, transport, username, password)| TurnServer {
             server_addr,
@@ -104,47 +125,84 @@ fn turn_server() -> impl Strategy<Value = TurnServer> {
 }
 
 fn server_event() -> impl Strategy<Value = ServerEvent> {
-    let peer_with_tracks = (peer_id(), metadata(), tracks()).prop_map(|(id, metadata, track_id_to_metadata)| {
-        PeerWithTracks { id, metadata, track_id_to_metadata }
-    });
+    let peer_with_tracks =
+        (peer_id(), metadata(), tracks()).prop_map(|(id, metadata, track_id_to_metadata)| {
+            PeerWithTracks {
+                id,
+                metadata,
+                track_id_to_metadata,
+            }
+        });
     prop_oneof![
-        (peer_id(), vec(peer_with_tracks, 0..3))
-            .prop_map(|(id, peers_in_room)| ServerEvent::PeerAccepted(PeerAccepted { id, peers_in_room })),
+        (peer_id(), vec(peer_with_tracks, 0..3)).prop_map(|(id, peers_in_room)| {
+            ServerEvent::PeerAccepted(PeerAccepted { id, peers_in_room })
+        }),
         metadata().prop_map(|reason| match reason {
             Value::Object(map) => ServerEvent::PeerDenied(map),
             _ => unreachable!("metadata() makes objects"),
         }),
-        (peer_id(), metadata())
-            .prop_map(|(id, metadata)| ServerEvent::PeerJoined(PeerJoined { peer: PeerInfo { id, metadata } })),
+        (peer_id(), metadata()).prop_map(|(id, metadata)| ServerEvent::PeerJoined(PeerJoined {
+            peer: PeerInfo { id, metadata }
+        })),
         peer_id().prop_map(|peer_id| ServerEvent::PeerLeft(PeerLeft { peer_id })),
-        (peer_id(), json_value())
-            .prop_map(|(peer_id, metadata)| ServerEvent::PeerUpdated(PeerUpdated { peer_id, metadata })),
-        (peer_id(), ".*").prop_map(|(peer_id, reason)| ServerEvent::PeerRemoved(PeerRemoved { peer_id, reason })),
+        (peer_id(), json_value()).prop_map(|(peer_id, metadata)| ServerEvent::PeerUpdated(
+            PeerUpdated { peer_id, metadata }
+        )),
+        (peer_id(), ".*").prop_map(|(peer_id, reason)| ServerEvent::PeerRemoved(PeerRemoved {
+            peer_id,
+            reason
+        })),
         (peer_id(), tracks()).prop_map(|(peer_id, track_id_to_metadata)| {
-            ServerEvent::TracksAdded(TracksAdded { peer_id, track_id_to_metadata })
-        }),
-        (peer_id(), vec(track_id(), 0..4))
-            .prop_map(|(peer_id, track_ids)| ServerEvent::TracksRemoved(TracksRemoved { peer_id, track_ids })),
-        (peer_id(), track_id(), json_value()).prop_map(|(peer_id, track_id, metadata)| {
-            ServerEvent::TrackUpdated(TrackUpdated { peer_id, track_id, metadata })
-        }),
-        vec(track_id(), 0..4).prop_map(|tracks| ServerEvent::TracksPriority(TracksPriority { tracks })),
-        (peer_id(), track_id(), layer()).prop_map(|(peer_id, track_id, encoding)| {
-            ServerEvent::EncodingSwitched(EncodingSwitched { peer_id, track_id, encoding })
-        }),
-        ".*".prop_map(|message| ServerEvent::Error(ErrorMessage { message })),
-        (any::<u32>(), any::<u32>(), vec(turn_server(), 0..3)).prop_map(|(audio, video, integrated_turn_servers)| {
-            ServerEvent::OfferData(OfferData {
-                tracks_types: TracksTypes { audio, video },
-                integrated_turn_servers,
+            ServerEvent::TracksAdded(TracksAdded {
+                peer_id,
+                track_id_to_metadata,
             })
         }),
-        (".*", mids()).prop_map(|(sdp, mids)| ServerEvent::SdpAnswer(SdpAnswer::new(sdp, mids))),
-        (".*", option::of(any::<u32>()), option::of(".{0,4}"), option::of(".{0,8}")).prop_map(
-            |(candidate, sdp_m_line_index, sdp_mid, username_fragment)| {
-                ServerEvent::Candidate(ServerCandidate { candidate, sdp_m_line_index, sdp_mid, username_fragment })
+        (peer_id(), vec(track_id(), 0..4)).prop_map(|(peer_id, track_ids)| {
+            ServerEvent::TracksRemoved(TracksRemoved { peer_id, track_ids })
+        }),
+        (peer_id(), track_id(), json_value()).prop_map(|(peer_id, track_id, metadata)| {
+            ServerEvent::TrackUpdated(TrackUpdated {
+                peer_id,
+                track_id,
+                metadata,
+            })
+        }),
+        vec(track_id(), 0..4)
+            .prop_map(|tracks| ServerEvent::TracksPriority(TracksPriority { tracks })),
+        (peer_id(), track_id(), layer()).prop_map(|(peer_id, track_id, encoding)| {
+            ServerEvent::EncodingSwitched(EncodingSwitched {
+                peer_id,
+                track_id,
+                encoding,
+            })
+        }),
+        ".*".prop_map(|message| ServerEvent::Error(ErrorMessage { message })),
+        (any::<u32>(), any::<u32>(), vec(turn_server(), 0..3)).prop_map(
+            |(audio, video, integrated_turn_servers)| {
+                ServerEvent::OfferData(OfferData {
+                    tracks_types: TracksTypes { audio, video },
+                    integrated_turn_servers,
+                })
             }
         ),
+        (".*", mids()).prop_map(|(sdp, mids)| ServerEvent::SdpAnswer(SdpAnswer::new(sdp, mids))),
+        (
+            ".*",
+            option::of(any::<u32>()),
+            option::of(".{0,4}"),
+            option::of(".{0,8}")
+        )
+            .prop_map(
+                |(candidate, sdp_m_line_index, sdp_mid, username_fragment)| {
+                    ServerEvent::Candidate(ServerCandidate {
+                        candidate,
+                        sdp_m_line_index,
+                        sdp_mid,
+                        username_fragment,
+                    })
+                }
+            ),
     ]
 }
 
@@ -158,7 +216,14 @@ fn frame() -> impl Strategy<Value = Frame> {
         Just(PhoenixEvent::Heartbeat),
         Just(PhoenixEvent::MediaEvent),
         "[a-z_]{1,12}".prop_filter_map("not a Phoenix event name", |name| {
-            let known = ["phx_join", "phx_reply", "phx_leave", "phx_close", "phx_error", "heartbeat"];
+            let known = [
+                "phx_join",
+                "phx_reply",
+                "phx_leave",
+                "phx_close",
+                "phx_error",
+                "heartbeat",
+            ];
             (!known.contains(&name.as_str())).then_some(PhoenixEvent::Other(name))
         }),
     ];
@@ -166,9 +231,20 @@ fn frame() -> impl Strategy<Value = Frame> {
         Value::Object(map) => map,
         _ => unreachable!("metadata() makes objects"),
     });
-    (option::of("[0-9]{1,4}"), option::of("[0-9]{1,4}"), ".{0,20}", event, payload).prop_map(
-        |(join_ref, msg_ref, topic, event, payload)| Frame { join_ref, msg_ref, topic, event, payload },
+    (
+        option::of("[0-9]{1,4}"),
+        option::of("[0-9]{1,4}"),
+        ".{0,20}",
+        event,
+        payload,
     )
+        .prop_map(|(join_ref, msg_ref, topic, event, payload)| Frame {
+            join_ref,
+            msg_ref,
+            topic,
+            event,
+            payload,
+        })
 }
 
 proptest! {

@@ -1,0 +1,30 @@
+//! What the browser remembers between visits: the last room and display name (localStorage).
+
+use gloo::storage::{LocalStorage, Storage};
+
+const ROOM_KEY: &str = "videoroom.room";
+const NAME_KEY: &str = "videoroom.displayName";
+
+pub fn last_room() -> String {
+    LocalStorage::get(ROOM_KEY).unwrap_or_default()
+}
+
+pub fn display_name() -> String {
+    LocalStorage::get(NAME_KEY).unwrap_or_default()
+}
+
+/// Remembers the choice; a browser that refuses storage (private mode) just forgets it.
+pub fn remember(room: &str, display_name: &str) {
+    let _ = LocalStorage::set(ROOM_KEY, room);
+    let _ = LocalStorage::set(NAME_KEY, display_name);
+}
+
+/// A display name must say something and fit on a tile.
+pub fn validate_display_name(name: &str) -> Result<&str, &'static str> {
+    let name = name.trim();
+    match name.chars().count() {
+        0 => Err("Enter a display name."),
+        1..=40 => Ok(name),
+        _ => Err("A display name has at most 40 characters."),
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: the protocol, the server, and the browser tests in headless
+# Chromium against the real server serving the freshly built client. Installs what they need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+ensure_client_tools
+ensure_browser
+say "building the web client (trunk build --release)"
+trunk build --release --quiet
+say "running the tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"
