@@ -1,15 +1,13 @@
 //! The server's configuration: command-line flags, each with an environment-variable fallback.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use shared::server_event::{TurnServer, TurnTransport};
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "videoroom",
-    version,
-    about = "A self-hosted multi-party video room"
-)]
+#[command(name = "videoroom", version, about = "A self-hosted multi-party video room")]
 pub struct Config {
     /// Address to listen on for HTTP and the signaling socket.
     #[arg(long, env = "VIDEOROOM_HOST", default_value = "127.0.0.1")]
@@ -26,11 +24,117 @@ pub struct Config {
     /// Log filter, e.g. `info` or `server=debug,info`.
     #[arg(long, env = "VIDEOROOM_LOG", default_value = "info")]
     pub log: String,
+
+    /// Address the media (UDP) sockets bind to. Loopback is only reached when bound explicitly.
+    #[arg(long, env = "VIDEOROOM_MEDIA_IP", default_value = "127.0.0.1")]
+    pub media_ip: IpAddr,
+
+    /// Public IP to announce in ICE candidates instead of the bound one (1:1 NAT, cloud VMs).
+    #[arg(long, env = "VIDEOROOM_ANNOUNCE_IP")]
+    pub announce_ip: Option<IpAddr>,
+
+    /// UDP ports for media, as `FIRST-LAST`; each peer takes one. Any free port when unset.
+    #[arg(long, env = "VIDEOROOM_MEDIA_PORTS", value_parser = parse_port_range)]
+    pub media_ports: Option<(u16, u16)>,
+
+    /// TURN servers handed to clients, as `HOST:PORT[?transport=udp|tcp|tls]`; repeatable or
+    /// comma-separated. They share --turn-username and --turn-password.
+    #[arg(long = "turn", env = "VIDEOROOM_TURN", value_delimiter = ',', value_parser = parse_turn)]
+    pub turn: Vec<(String, u16, TurnTransport)>,
+
+    #[arg(long, env = "VIDEOROOM_TURN_USERNAME", default_value = "")]
+    pub turn_username: String,
+
+    #[arg(long, env = "VIDEOROOM_TURN_PASSWORD", default_value = "")]
+    pub turn_password: String,
+
+    /// Peers a room admits; later joiners get `peerDenied`.
+    #[arg(long, env = "VIDEOROOM_MAX_PEERS", default_value_t = 25)]
+    pub max_peers_per_room: usize,
 }
 
 impl Config {
     /// The defaults, as if no flag and no variable were given.
     pub fn defaults() -> Config {
         Config::parse_from(["videoroom"])
+    }
+
+    pub fn turn_servers(&self) -> Vec<TurnServer> {
+        self.turn
+            .iter()
+            .map(|(host, port, transport)| TurnServer {
+                server_addr: host.clone(),
+                server_port: *port,
+                transport: *transport,
+                username: self.turn_username.clone(),
+                password: self.turn_password.clone(),
+            })
+            .collect()
+    }
+}
+
+fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
+    let (first, last) = range
+        .split_once('-')
+        .ok_or_else(|| format!("`{range}` is not a range like 50000-50100"))?;
+    let parse = |port: &str| port.trim().parse::<u16>().map_err(|err| format!("`{port}`: {err}"));
+    let (first, last) = (parse(first)?, parse(last)?);
+    if first == 0 || first > last {
+        return Err(format!("`{range}` is empty or starts at 0"));
+    }
+    Ok((first, last))
+}
+
+fn parse_turn(server: &str) -> Result<(String, u16, TurnTransport), String> {
+    let (address, transport) = match server.split_once("?transport=") {
+        None => (server, TurnTransport::Udp),
+        Some((address, "udp")) => (address, TurnTransport::Udp),
+        Some((address, "tcp")) => (address, TurnTransport::Tcp),
+        Some((address, "tls")) => (address, TurnTransport::Tls),
+        Some((_, other)) => return Err(format!("unknown TURN transport `{other}` (udp, tcp or tls)")),
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{server}` is not HOST:PORT"))?;
+    let port = port.parse().map_err(|err| format!("`{server}`: bad port: {err}"))?;
+    Ok((host.to_owned(), port, transport))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_localhost() {
+        let config = Config::defaults();
+        assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 4000));
+        assert!(config.turn_servers().is_empty());
+        assert_eq!(config.media_ports, None);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let config = Config::parse_from([
+            "videoroom",
+            "--media-ports",
+            "50000-50010",
+            "--turn",
+            "turn.example.org:3478,turn.example.org:5349?transport=tls",
+            "--turn-username",
+            "u",
+        ]);
+        assert_eq!(config.media_ports, Some((50000, 50010)));
+        let turn = config.turn_servers();
+        assert_eq!(turn.len(), 2);
+        assert_eq!(turn[1].url(), "turns:turn.example.org:5349?transport=tcp");
+        assert_eq!(turn[0].username, "u");
+    }
+
+    #[test]
+    fn bad_flags_are_explained() {
+        assert!(parse_port_range("50010-50000").is_err());
+        assert!(parse_port_range("5000").is_err());
+        assert!(parse_turn("turn.example.org").is_err());
+        assert!(parse_turn("h:1?transport=sctp").unwrap_err().contains("sctp"));
     }
 }

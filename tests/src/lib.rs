@@ -25,7 +25,13 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The server with its defaults (media on loopback), serving `dist/` if it was built.
     pub async fn start() -> anyhow::Result<TestServer> {
+        Self::start_with(server::Config::defaults()).await
+    }
+
+    /// The server serving the built client, which browser tests need.
+    pub async fn with_client() -> anyhow::Result<TestServer> {
         let static_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
         if !static_dir.join("index.html").is_file() {
             bail!(
@@ -33,10 +39,14 @@ impl TestServer {
                 static_dir.display()
             );
         }
-        let config = server::Config {
+        Self::start_with(server::Config {
             static_dir,
             ..server::Config::defaults()
-        };
+        })
+        .await
+    }
+
+    pub async fn start_with(config: server::Config) -> anyhow::Result<TestServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -56,6 +66,17 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// The Phoenix socket's address, as phoenix.js builds it.
+    pub fn socket_url(&self) -> String {
+        format!("ws://{}/socket/websocket?vsn=2.0.0", self.address)
+    }
+
+    /// What `/stats` says: rooms, peers and peer connections alive now.
+    pub async fn counts(&self) -> anyhow::Result<server::Counts> {
+        let body = reqwest::get(self.url("/stats")).await?.error_for_status()?.text().await?;
+        Ok(serde_json::from_str(&body)?)
     }
 }
 

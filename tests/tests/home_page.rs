@@ -1,11 +1,11 @@
 //! The home page in a real browser, served by the real server: pick a room and a name, join,
 //! and come back to find them remembered.
 
-use browser_tests::{Browser, TestServer};
+use e2e::{Browser, TestServer};
 
 #[tokio::test]
 async fn joining_a_room_opens_its_page_and_remembers_the_choice() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::with_client().await?;
     let browser = Browser::launch().await?;
 
     browser.client.goto(&server.url("/")).await?;
@@ -40,7 +40,7 @@ async fn joining_a_room_opens_its_page_and_remembers_the_choice() -> anyhow::Res
 
 #[tokio::test]
 async fn a_room_link_opens_the_room_page_directly() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::with_client().await?;
     let browser = Browser::launch().await?;
     browser
         .client

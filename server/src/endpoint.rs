@@ -1,0 +1,750 @@
+//! A peer's endpoint: its one WebRTC peer connection (webrtc-rs), answering the client's offers.
+//! One task owns the connection and takes commands from the room in order; what happens on the
+//! connection (answers, candidates, failure) goes back to the room. Each published track gets a
+//! reader task that hands its packets straight to the track's [`Fanout`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+use shared::server_event::TurnServer;
+use shared::{PeerId, TrackId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCIceCandidateType, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
+};
+use webrtc::rtp_transceiver::RtpTransceiver;
+
+use crate::forward::{Codec, DownTrack, Fanout};
+use crate::room::{RoomHandle, RoomMessage};
+use crate::sdp::MediaKind;
+use crate::Config;
+
+/// How the server's peer connections are set up.
+pub struct RtcSettings {
+    pub media_ip: IpAddr,
+    pub announce_ip: Option<IpAddr>,
+    pub ports: Option<PortRange>,
+    pub turn_servers: Vec<TurnServer>,
+}
+
+impl RtcSettings {
+    pub fn from_config(config: &Config) -> RtcSettings {
+        RtcSettings {
+            media_ip: config.media_ip,
+            announce_ip: config.announce_ip,
+            ports: config.media_ports.map(|(first, last)| PortRange {
+                first,
+                last,
+                next: AtomicU16::new(first),
+            }),
+            turn_servers: config.turn_servers(),
+        }
+    }
+
+    /// The address a new peer connection binds: any free port, or the next free one of the range.
+    fn media_address(&self) -> Result<SocketAddr, String> {
+        let Some(range) = &self.ports else {
+            return Ok(SocketAddr::new(self.media_ip, 0));
+        };
+        let size = usize::from(range.last - range.first) + 1;
+        for _ in 0..size {
+            let port = range.take();
+            // webrtc-rs binds the port itself: check it is free now (another peer or process).
+            if UdpSocket::bind((self.media_ip, port)).is_ok() {
+                return Ok(SocketAddr::new(self.media_ip, port));
+            }
+        }
+        Err(format!(
+            "no free media port in {}-{}",
+            range.first, range.last
+        ))
+    }
+}
+
+/// The media ports, handed out in turn.
+pub struct PortRange {
+    first: u16,
+    last: u16,
+    next: AtomicU16,
+}
+
+impl PortRange {
+    fn take(&self) -> u16 {
+        let span = self.last - self.first + 1;
+        let offset = self.next.fetch_add(1, Ordering::Relaxed).wrapping_sub(self.first) % span;
+        self.first + offset
+    }
+}
+
+/// What the room asks of an endpoint.
+enum Command {
+    Negotiate(Negotiation),
+    RemoteCandidate(String),
+}
+
+/// One round of negotiation: the client's offer, the tracks it publishes, and the tracks it
+/// should receive (the full set: ones missing from it stop).
+pub struct Negotiation {
+    pub offer: String,
+    /// The fan-out of each track the client publishes, by its mid.
+    pub publish: Vec<(String, Arc<Fanout>)>,
+    pub subscribe: Vec<Subscription>,
+}
+
+/// A track of another peer to send to this one.
+pub struct Subscription {
+    pub track_id: TrackId,
+    pub kind: MediaKind,
+    /// The publisher's id: its audio and video share this stream, so a client shows them together.
+    pub stream_id: String,
+    pub fanout: Arc<Fanout>,
+}
+
+/// What an endpoint tells its room.
+pub enum EndpointEvent {
+    /// The answer to the last offer; `sending` maps the mids the server sends on (including
+    /// stopped ones) to their tracks.
+    Answer {
+        sdp: String,
+        sending: BTreeMap<String, TrackId>,
+    },
+    Candidate(String),
+    Failed(String),
+}
+
+/// The room's side of an endpoint. Dropping it closes the peer connection.
+pub struct EndpointHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl EndpointHandle {
+    pub fn spawn(peer_id: PeerId, settings: Arc<RtcSettings>, room: RoomHandle) -> EndpointHandle {
+        // Unbounded: commands are signaling, a few per negotiation, and the room never waits.
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(peer_id, settings, room, receiver));
+        EndpointHandle { commands }
+    }
+
+    pub fn negotiate(&self, negotiation: Negotiation) {
+        let _ = self.commands.send(Command::Negotiate(negotiation));
+    }
+
+    pub fn add_candidate(&self, candidate: String) {
+        let _ = self.commands.send(Command::RemoteCandidate(candidate));
+    }
+}
+
+static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Peer connections open now, across all rooms.
+pub fn live_count() -> usize {
+    LIVE_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+/// What the connection's callbacks report to the endpoint task.
+enum Happening {
+    LocalCandidate(String),
+    Track(Arc<dyn TrackRemote>),
+    Failed,
+}
+
+struct Handler {
+    happenings: mpsc::UnboundedSender<Happening>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.happenings.send(Happening::LocalCandidate(init.candidate));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Failed {
+            let _ = self.happenings.send(Happening::Failed);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // This runs on the connection's driver: hand the track over, never read it here.
+        let _ = self.happenings.send(Happening::Track(track));
+    }
+}
+
+async fn run(
+    peer_id: PeerId,
+    settings: Arc<RtcSettings>,
+    room: RoomHandle,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let (happenings_tx, mut happenings) = mpsc::unbounded_channel();
+    let handler = Arc::new(Handler {
+        happenings: happenings_tx,
+    });
+    let pc = match connect(&settings, handler).await {
+        Ok(pc) => pc,
+        Err(reason) => {
+            tracing::error!(peer = %peer_id, %reason, "cannot create a peer connection");
+            report(&room, &peer_id, EndpointEvent::Failed(reason)).await;
+            return;
+        }
+    };
+    LIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let mut endpoint = Endpoint {
+        peer_id,
+        pc,
+        room,
+        publications: Arc::default(),
+        subscriptions: BTreeMap::new(),
+        stopped: BTreeMap::new(),
+        local_candidates: Vec::new(),
+        early_candidates: Vec::new(),
+        answered: false,
+        readers: Vec::new(),
+    };
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => break,
+                Some(Command::Negotiate(negotiation)) => {
+                    if let Err(reason) = endpoint.negotiate(negotiation).await {
+                        endpoint.report(EndpointEvent::Failed(reason)).await;
+                    }
+                }
+                Some(Command::RemoteCandidate(candidate)) => endpoint.add_remote_candidate(candidate).await,
+            },
+            Some(happening) = happenings.recv() => endpoint.on_happening(happening).await,
+        }
+    }
+    endpoint.close().await;
+    LIVE_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+}
+
+struct Endpoint {
+    peer_id: PeerId,
+    pc: Arc<dyn PeerConnection>,
+    room: RoomHandle,
+    /// The fan-out of each track the client publishes, by mid, as of the last offer.
+    publications: Arc<BTreeMap<String, Arc<Fanout>>>,
+    subscriptions: BTreeMap<TrackId, Subscribed>,
+    /// Mids of tracks this endpoint stopped sending: the answer keeps naming them.
+    stopped: BTreeMap<String, TrackId>,
+    /// Every candidate gathered, re-sent after each answer (an ICE restart forgets them).
+    local_candidates: Vec<String>,
+    /// The client's candidates that came before its first offer.
+    early_candidates: Vec<String>,
+    answered: bool,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// A track this endpoint sends to its client.
+struct Subscribed {
+    transceiver: Arc<dyn RtpTransceiver>,
+    down_track: Arc<DownTrack>,
+    fanout: Arc<Fanout>,
+    mid: Option<String>,
+    /// Passes the client's keyframe requests for this track on to the publisher.
+    feedback: JoinHandle<()>,
+}
+
+impl Endpoint {
+    async fn report(&self, event: EndpointEvent) {
+        report(&self.room, &self.peer_id, event).await;
+    }
+
+    async fn negotiate(&mut self, negotiation: Negotiation) -> Result<(), String> {
+        self.publications = Arc::new(negotiation.publish.into_iter().collect());
+        let wanted: BTreeSet<&TrackId> = negotiation.subscribe.iter().map(|s| &s.track_id).collect();
+        let unwanted: Vec<TrackId> = self
+            .subscriptions
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .cloned()
+            .collect();
+        for track_id in unwanted {
+            self.unsubscribe(track_id).await;
+        }
+        // Each new track gets a sendonly transceiver before the offer is applied: applying it
+        // gives each new recvonly m-line the next such transceiver of its kind.
+        for subscription in negotiation.subscribe {
+            if !self.subscriptions.contains_key(&subscription.track_id) {
+                self.subscribe(subscription).await?;
+            }
+        }
+
+        let offer = RTCSessionDescription::offer(negotiation.offer)
+            .map_err(|err| format!("the offer is not valid SDP: {err}"))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(|err| format!("cannot apply the offer: {err}"))?;
+        for candidate in std::mem::take(&mut self.early_candidates) {
+            self.add_remote_candidate(candidate).await;
+        }
+        self.silence_unused_slots().await;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(|err| format!("cannot answer the offer: {err}"))?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(|err| format!("cannot apply the answer: {err}"))?;
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .map(|description| description.sdp)
+            .ok_or("the answer vanished")?;
+
+        let sending = self.start_sending().await;
+        self.report(EndpointEvent::Answer { sdp, sending }).await;
+        self.answered = true;
+        for candidate in self.local_candidates.clone() {
+            self.report(EndpointEvent::Candidate(candidate)).await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, subscription: Subscription) -> Result<(), String> {
+        let ssrc = rand::random::<u32>();
+        let kind = match subscription.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        // An encoding without a codec leaves every registered codec of the kind negotiable;
+        // the packet's codec picks the payload type when forwarding.
+        let encoding = RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            active: true,
+            ..Default::default()
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            subscription.stream_id,
+            subscription.track_id.to_string(),
+            subscription.track_id.to_string(),
+            kind,
+            vec![encoding],
+        )));
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        let transceiver = self
+            .pc
+            .add_transceiver_from_track(track.clone(), Some(init))
+            .await
+            .map_err(|err| format!("cannot add a track to send: {err}"))?;
+        let down_track = DownTrack::new(ssrc, subscription.kind, track);
+        let feedback = tokio::spawn(relay_keyframe_requests(
+            down_track.clone(),
+            subscription.fanout.clone(),
+        ));
+        self.subscriptions.insert(
+            subscription.track_id,
+            Subscribed {
+                transceiver,
+                down_track,
+                fanout: subscription.fanout,
+                mid: None,
+                feedback,
+            },
+        );
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, track_id: TrackId) {
+        let Some(subscribed) = self.subscriptions.remove(&track_id) else {
+            return;
+        };
+        subscribed.fanout.detach(&subscribed.down_track);
+        subscribed.feedback.abort();
+        let _ = subscribed
+            .transceiver
+            .set_direction(RTCRtpTransceiverDirection::Inactive)
+            .await;
+        if let Some(mid) = subscribed.mid {
+            self.stopped.insert(mid, track_id);
+        }
+    }
+
+    /// Answers `inactive` on receiving slots the client offered beyond what we send: an empty
+    /// sendonly m-line would make the client expect a track for a mid it cannot name.
+    async fn silence_unused_slots(&self) {
+        for transceiver in self.pc.get_transceivers().await {
+            let sends = matches!(transceiver.direction().await, Ok(RTCRtpTransceiverDirection::Sendonly));
+            if sends && matches!(transceiver.sender().await, Ok(None)) {
+                let _ = transceiver
+                    .set_direction(RTCRtpTransceiverDirection::Inactive)
+                    .await;
+            }
+        }
+    }
+
+    /// After an answer: learns each subscription's mid and payload types and starts forwarding
+    /// to new ones. Returns what the answer sends, by mid.
+    async fn start_sending(&mut self) -> BTreeMap<String, TrackId> {
+        let mut unplaced = Vec::new();
+        for (track_id, subscribed) in &mut self.subscriptions {
+            let mid = subscribed.transceiver.mid().await.ok().flatten();
+            let Some(sender) = subscribed.transceiver.sender().await.ok().flatten() else {
+                unplaced.push(track_id.clone());
+                continue;
+            };
+            if mid.is_none() {
+                // The offer had no m-line left for it: it waits for the next negotiation.
+                unplaced.push(track_id.clone());
+                continue;
+            }
+            let payload_types = match sender.get_parameters().await {
+                Ok(parameters) => parameters
+                    .rtp_parameters
+                    .codecs
+                    .iter()
+                    .filter_map(|codec| {
+                        Some((Codec::from_mime(&codec.rtp_codec.mime_type)?, codec.payload_type))
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            subscribed.down_track.set_payload_types(payload_types);
+            if subscribed.mid.is_none() {
+                subscribed.fanout.attach(subscribed.down_track.clone());
+            }
+            subscribed.mid = mid;
+        }
+        for track_id in unplaced {
+            tracing::warn!(peer = %self.peer_id, track = %track_id, "no m-line to send the track on");
+            self.unsubscribe(track_id).await;
+        }
+        let mut sending = self.stopped.clone();
+        for (track_id, subscribed) in &self.subscriptions {
+            if let Some(mid) = &subscribed.mid {
+                sending.insert(mid.clone(), track_id.clone());
+            }
+        }
+        sending
+    }
+
+    async fn add_remote_candidate(&mut self, candidate: String) {
+        if self.pc.remote_description().await.is_none() {
+            self.early_candidates.push(candidate);
+            return;
+        }
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid: None,
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        };
+        if let Err(err) = self.pc.add_ice_candidate(init).await {
+            tracing::debug!(peer = %self.peer_id, %err, "candidate refused");
+        }
+    }
+
+    async fn on_happening(&mut self, happening: Happening) {
+        match happening {
+            Happening::LocalCandidate(candidate) => {
+                self.local_candidates.push(candidate.clone());
+                // Before the first answer, candidates wait: they would reach the client first.
+                if self.answered {
+                    self.report(EndpointEvent::Candidate(candidate)).await;
+                }
+            }
+            Happening::Track(track) => {
+                let reader = read_published_track(
+                    track,
+                    self.pc.clone(),
+                    self.publications.clone(),
+                    self.peer_id.clone(),
+                );
+                self.readers.push(tokio::spawn(reader));
+            }
+            Happening::Failed => {
+                self.report(EndpointEvent::Failed("ICE or DTLS failed".to_owned()))
+                    .await;
+            }
+        }
+    }
+
+    async fn close(self) {
+        for subscribed in self.subscriptions.values() {
+            subscribed.fanout.detach(&subscribed.down_track);
+            subscribed.feedback.abort();
+        }
+        for reader in &self.readers {
+            reader.abort();
+        }
+        if let Err(err) = self.pc.close().await {
+            tracing::debug!(peer = %self.peer_id, %err, "closing the peer connection");
+        }
+        tracing::debug!(peer = %self.peer_id, "peer connection closed");
+    }
+}
+
+async fn report(room: &RoomHandle, peer_id: &PeerId, event: EndpointEvent) {
+    let message = RoomMessage::Endpoint {
+        peer_id: peer_id.clone(),
+        event,
+    };
+    let _ = room.send(message).await;
+}
+
+/// A publisher may be asked for a keyframe this often at most; requests in between wait.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reads one published track and forwards every packet to its subscribers; sends the
+/// publisher the keyframe requests its subscribers make.
+async fn read_published_track(
+    track: Arc<dyn TrackRemote>,
+    pc: Arc<dyn PeerConnection>,
+    publications: Arc<BTreeMap<String, Arc<Fanout>>>,
+    peer_id: PeerId,
+) {
+    // The first event names the receiver, hence the mid, hence the track it publishes.
+    let init = loop {
+        match track.poll().await {
+            Some(TrackRemoteEvent::OnOpen(init)) => break init,
+            Some(_) => continue,
+            None => return,
+        }
+    };
+    let transceiver_id = RTCRtpTransceiverId::from(init.receiver_id);
+    let mut mid = None;
+    for transceiver in pc.get_transceivers().await {
+        if transceiver.id() == transceiver_id {
+            mid = transceiver.mid().await.ok().flatten();
+        }
+    }
+    let Some(fanout) = mid.as_ref().and_then(|mid| publications.get(mid)).cloned() else {
+        tracing::warn!(peer = %peer_id, ?mid, "media on an m-line that publishes no track");
+        return;
+    };
+    let codec = track
+        .codec(init.ssrc)
+        .await
+        .and_then(|codec| Codec::from_mime(&codec.mime_type));
+    let Some(codec) = codec else {
+        tracing::warn!(peer = %peer_id, track = %fanout.track_id, "track in a codec the SFU does not forward");
+        return;
+    };
+    tracing::debug!(peer = %peer_id, track = %fanout.track_id, ?codec, "forwarding");
+
+    let mut last_request: Option<Instant> = None;
+    let mut request_due: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            event = track.poll() => match event {
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => fanout.forward(codec, &packet).await,
+                Some(_) => {}
+                None => break,
+            },
+            () = fanout.keyframe_requested() => {
+                let earliest = last_request.map_or_else(Instant::now, |last| last + KEYFRAME_REQUEST_INTERVAL);
+                request_due.get_or_insert(earliest);
+            }
+            () = sleep_until(request_due.unwrap_or_else(Instant::now)), if request_due.is_some() => {
+                request_due = None;
+                last_request = Some(Instant::now());
+                let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: init.ssrc };
+                if let Err(err) = track.write_rtcp(vec![Box::new(pli)]).await {
+                    tracing::debug!(%err, "keyframe request not sent");
+                }
+            }
+        }
+    }
+}
+
+/// Turns a subscriber's PLI and FIR for a down-track into a keyframe request to the publisher.
+async fn relay_keyframe_requests(down_track: Arc<DownTrack>, fanout: Arc<Fanout>) {
+    while let Some(event) = down_track.track().poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+            let wants_keyframe = packets.iter().any(|packet| {
+                let packet = packet.as_any();
+                packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
+            });
+            if wants_keyframe {
+                fanout.request_keyframe();
+            }
+        }
+    }
+}
+
+async fn connect(
+    settings: &RtcSettings,
+    handler: Arc<Handler>,
+) -> Result<Arc<dyn PeerConnection>, String> {
+    let mut media = media_engine().map_err(|err| format!("codec setup: {err}"))?;
+    let interceptors = register_default_interceptors(Registry::new(), &mut media)
+        .map_err(|err| format!("interceptor setup: {err}"))?
+        // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
+        .with(Slot::from(14_000), KeyframeRequestsToApp::default());
+    let network = if settings.media_ip.is_ipv4() {
+        rtc::ice::network_type::NetworkType::Udp4
+    } else {
+        rtc::ice::network_type::NetworkType::Udp6
+    };
+    let mut setting_engine = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(settings.media_ip.is_loopback())
+        .with_network_types(vec![network]);
+    if let Some(ip) = settings.announce_ip {
+        setting_engine =
+            setting_engine.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
+    }
+    let address = settings.media_address()?;
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_setting_engine(setting_engine.build())
+        .with_interceptor_registry(interceptors)
+        .with_handler(handler)
+        .with_udp_addrs(vec![address])
+        .build()
+        .await
+        .map_err(|err| format!("cannot open a media socket on {address}: {err}"))?;
+    Ok(Arc::new(pc))
+}
+
+/// Opus, VP8 and H264 (constrained baseline, as browsers offer it), with NACK, PLI and FIR
+/// feedback and RTX for video.
+fn media_engine() -> webrtc::error::Result<MediaEngine> {
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    let video_feedback = vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")];
+    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback, payload_type| {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback,
+            },
+            payload_type,
+        }
+    };
+    let mut media = MediaEngine::default();
+    media.register_codec(
+        codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", vec![], 111),
+        RtpCodecKind::Audio,
+    )?;
+    let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+    for video in [
+        codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback.clone(), 96),
+        codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", vec![], 97),
+        codec(MIME_TYPE_H264, 90_000, 0, h264, video_feedback.clone(), 102),
+        codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", vec![], 103),
+    ] {
+        media.register_codec(video, RtpCodecKind::Video)?;
+    }
+    Ok(media)
+}
+
+/// Marks incoming PLI and FIR for the application, which the built-in interceptors never do;
+/// without it a subscriber's keyframe requests would never reach its publisher.
+#[derive(Default)]
+struct KeyframeRequestsToApp {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &message.message.packet {
+            // The core routes a compound packet by its first packet's SSRC: keep only requests.
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|packet| {
+                    let packet = packet.as_any();
+                    packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
+                })
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            message.message.packet = InterceptorPacket::Rtcp(requests);
+            message.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestsToApp {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_hands_out_ports_in_turn_and_wraps() {
+        let range = PortRange {
+            first: 50_000,
+            last: 50_002,
+            next: AtomicU16::new(50_000),
+        };
+        let ports: Vec<u16> = (0..5).map(|_| range.take()).collect();
+        assert_eq!(ports, [50_000, 50_001, 50_002, 50_000, 50_001]);
+    }
+}

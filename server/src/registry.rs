@@ -1,0 +1,128 @@
+//! The rooms of this server by name: a room is created by its first join and forgotten when its
+//! task ends (its last peer left). The map is only looked up and updated here, never held
+//! across an await; each room's state is owned by its own task.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use shared::{Metadata, PeerId, RoomId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::room::{self, JoinRefused, RoomHandle, RoomMessage, RoomSettings};
+use crate::socket::Outbox;
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rooms: Mutex<HashMap<RoomId, RoomHandle>>,
+    next_generation: AtomicU64,
+    settings: Arc<RoomSettings>,
+}
+
+/// How many rooms and peers the server has now (for `/stats` and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub rooms: usize,
+    pub peers: usize,
+    #[serde(rename = "peerConnections")]
+    pub peer_connections: usize,
+}
+
+impl Registry {
+    pub fn new(settings: RoomSettings) -> Registry {
+        Registry {
+            inner: Arc::new(Inner {
+                rooms: Mutex::default(),
+                next_generation: AtomicU64::new(0),
+                settings: Arc::new(settings),
+            }),
+        }
+    }
+
+    /// Adds a peer to the room `room_id`, creating the room if needed. A room that is closing
+    /// as the join arrives answers nothing; the join then goes to a new room of that name.
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        peer_id: PeerId,
+        metadata: Metadata,
+        outbox: Outbox,
+    ) -> Result<RoomHandle, JoinRefused> {
+        const ATTEMPTS: usize = 3;
+        for _ in 0..ATTEMPTS {
+            let room = self.room(room_id);
+            let (reply, answer) = oneshot::channel();
+            let join = RoomMessage::Join {
+                peer_id: peer_id.clone(),
+                metadata: metadata.clone(),
+                outbox: outbox.clone(),
+                reply,
+            };
+            if room.send(join).await.is_err() {
+                self.forget(room_id, room.generation);
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => return Ok(room),
+                Ok(Err(refused)) => return Err(refused),
+                Err(_closed) => self.forget(room_id, room.generation),
+            }
+        }
+        Err(JoinRefused::Unavailable)
+    }
+
+    /// The live room of that name, or a new one.
+    fn room(&self, room_id: &RoomId) -> RoomHandle {
+        let mut rooms = self.lock();
+        if let Some(room) = rooms.get(room_id) {
+            if !room.is_closed() {
+                return room.clone();
+            }
+        }
+        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let room = room::spawn(
+            room_id.clone(),
+            generation,
+            self.clone(),
+            self.inner.settings.clone(),
+        );
+        rooms.insert(room_id.clone(), room.clone());
+        room
+    }
+
+    /// Forgets the room `room_id` if it is still the one of `generation`.
+    pub(crate) fn forget(&self, room_id: &RoomId, generation: u64) {
+        let mut rooms = self.lock();
+        if rooms.get(room_id).is_some_and(|room| room.generation == generation) {
+            rooms.remove(room_id);
+        }
+    }
+
+    pub async fn counts(&self) -> Counts {
+        let rooms: Vec<RoomHandle> = self.lock().values().cloned().collect();
+        let mut peers = 0;
+        for room in &rooms {
+            let (reply, answer) = oneshot::channel();
+            if room.send(RoomMessage::CountPeers { reply }).await.is_ok() {
+                peers += answer.await.unwrap_or(0);
+            }
+        }
+        Counts {
+            rooms: rooms.len(),
+            peers,
+            peer_connections: crate::endpoint::live_count(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomHandle>> {
+        // The map stays consistent even if a holder panicked: every update is a single call.
+        self.inner.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A room's mailbox, as handed to the room task.
+pub(crate) type Mailbox = mpsc::Receiver<RoomMessage>;
