@@ -9,23 +9,15 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc::interceptor::{
-    Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
-};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
-};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
 };
-use rtc::sansio::Protocol;
 use shared::server_event::TurnServer;
 use shared::{PeerId, TrackId};
 use tokio::sync::mpsc;
@@ -35,17 +27,17 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
     RTCIceCandidateType, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
 
 use crate::forward::{Codec, DownTrack, Fanout};
 use crate::room::{RoomHandle, RoomMessage};
 use crate::sdp::MediaKind;
-use crate::Config;
+use crate::{webrtc_setup, Config};
 
 /// How the server's peer connections are set up.
 pub struct RtcSettings {
@@ -173,6 +165,7 @@ pub fn live_count() -> usize {
 enum Happening {
     LocalCandidate(String),
     Track(Arc<dyn TrackRemote>),
+    Connected,
     Failed,
 }
 
@@ -189,9 +182,12 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        if state == RTCPeerConnectionState::Failed {
-            let _ = self.happenings.send(Happening::Failed);
-        }
+        let happening = match state {
+            RTCPeerConnectionState::Connected => Happening::Connected,
+            RTCPeerConnectionState::Failed => Happening::Failed,
+            _ => return,
+        };
+        let _ = self.happenings.send(happening);
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -494,6 +490,12 @@ impl Endpoint {
                 );
                 self.readers.push(tokio::spawn(reader));
             }
+            Happening::Connected => {
+                // Keyframes sent before the media path was up were lost: ask again.
+                for subscribed in self.subscriptions.values() {
+                    subscribed.fanout.request_keyframe();
+                }
+            }
             Happening::Failed => {
                 self.report(EndpointEvent::Failed("ICE or DTLS failed".to_owned()))
                     .await;
@@ -593,10 +595,9 @@ async fn read_published_track(
 async fn relay_keyframe_requests(down_track: Arc<DownTrack>, fanout: Arc<Fanout>) {
     while let Some(event) = down_track.track().poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            let wants_keyframe = packets.iter().any(|packet| {
-                let packet = packet.as_any();
-                packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
-            });
+            let wants_keyframe = packets
+                .iter()
+                .any(|packet| webrtc_setup::is_keyframe_request(packet.as_ref()));
             if wants_keyframe {
                 fanout.request_keyframe();
             }
@@ -608,11 +609,8 @@ async fn connect(
     settings: &RtcSettings,
     handler: Arc<Handler>,
 ) -> Result<Arc<dyn PeerConnection>, String> {
-    let mut media = media_engine().map_err(|err| format!("codec setup: {err}"))?;
-    let interceptors = register_default_interceptors(Registry::new(), &mut media)
-        .map_err(|err| format!("interceptor setup: {err}"))?
-        // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
-        .with(Slot::from(14_000), KeyframeRequestsToApp::default());
+    let (media, interceptors) =
+        webrtc_setup::media_and_interceptors().map_err(|err| format!("codec setup: {err}"))?;
     let network = if settings.media_ip.is_ipv4() {
         rtc::ice::network_type::NetworkType::Udp4
     } else {
@@ -637,100 +635,6 @@ async fn connect(
         .await
         .map_err(|err| format!("cannot open a media socket on {address}: {err}"))?;
     Ok(Arc::new(pc))
-}
-
-/// Opus, VP8 and H264 (constrained baseline, as browsers offer it), with NACK, PLI and FIR
-/// feedback and RTX for video.
-fn media_engine() -> webrtc::error::Result<MediaEngine> {
-    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
-        typ: typ.to_owned(),
-        parameter: parameter.to_owned(),
-    };
-    let video_feedback = vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")];
-    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback, payload_type| {
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                sdp_fmtp_line: fmtp.to_owned(),
-                rtcp_feedback,
-            },
-            payload_type,
-        }
-    };
-    let mut media = MediaEngine::default();
-    media.register_codec(
-        codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", vec![], 111),
-        RtpCodecKind::Audio,
-    )?;
-    let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
-    for video in [
-        codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback.clone(), 96),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", vec![], 97),
-        codec(MIME_TYPE_H264, 90_000, 0, h264, video_feedback.clone(), 102),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", vec![], 103),
-    ] {
-        media.register_codec(video, RtpCodecKind::Video)?;
-    }
-    Ok(media)
-}
-
-/// Marks incoming PLI and FIR for the application, which the built-in interceptors never do;
-/// without it a subscriber's keyframe requests would never reach its publisher.
-#[derive(Default)]
-struct KeyframeRequestsToApp {
-    read: std::collections::VecDeque<TaggedPacket>,
-    write: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = std::time::Instant;
-
-    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
-        if let InterceptorPacket::Rtcp(packets) = &message.message.packet {
-            // The core routes a compound packet by its first packet's SSRC: keep only requests.
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
-                .iter()
-                .filter(|packet| {
-                    let packet = packet.as_any();
-                    packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
-                })
-                .cloned()
-                .collect();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            message.message.packet = InterceptorPacket::Rtcp(requests);
-            message.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(message);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(message);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestsToApp {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 #[cfg(test)]

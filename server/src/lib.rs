@@ -3,7 +3,8 @@
 //! - [`socket`]: one task per WebSocket, Phoenix framing, media events in and out;
 //! - [`registry`] → [`room`]: one task per room owns its peers, tracks and negotiations;
 //! - [`endpoint`]: one per peer, its WebRTC peer connection; incoming RTP goes straight to the
-//!   subscribers' down-tracks in [`forward`], never through the room.
+//!   subscribers' down-tracks in [`forward`], never through the room; [`webrtc_setup`] holds
+//!   the codecs and interceptors every peer connection uses.
 
 mod config;
 mod endpoint;
@@ -13,6 +14,7 @@ mod registry;
 mod room;
 mod sdp;
 mod socket;
+pub mod webrtc_setup;
 
 use std::future::Future;
 use std::sync::Arc;

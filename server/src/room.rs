@@ -331,7 +331,7 @@ impl Room {
         for removed in old.difference(&new) {
             self.tracks.remove(removed);
         }
-        for (_, (track_id, kind)) in &published {
+        for (track_id, kind) in published.values() {
             let metadata = offer
                 .track_id_to_track_metadata
                 .get(track_id)

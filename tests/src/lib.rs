@@ -1,6 +1,11 @@
 //! Harness for the end-to-end tests: the real server on loopback, serving the client that
 //! `trunk build` put in `dist/`, and headless Chromium with a fake camera and microphone, driven
 //! over WebDriver by chromedriver.
+//!
+//! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly.
+
+pub mod phoenix;
+pub mod synthetic;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;

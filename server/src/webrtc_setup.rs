@@ -1,0 +1,122 @@
+//! How every peer connection of videoroom is set up, the server's and the synthetic test and
+//! load peers' alike: the codecs, and the interceptors that bring keyframe requests to the app.
+
+use std::collections::VecDeque;
+
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::sansio::Protocol;
+use webrtc::peer_connection::{register_default_interceptors, MediaEngine, Registry};
+
+/// The codecs and interceptors for one peer connection.
+pub fn media_and_interceptors() -> webrtc::error::Result<(MediaEngine, Registry)> {
+    let mut media = media_engine()?;
+    let interceptors = register_default_interceptors(Registry::new(), &mut media)?
+        // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
+        .with(Slot::from(14_000), KeyframeRequestsToApp::default());
+    Ok((media, interceptors))
+}
+
+/// Whether an RTCP packet asks for a keyframe (PLI or FIR).
+pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let packet = packet.as_any();
+    packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
+}
+
+/// Opus, VP8 and H264 (constrained baseline, as browsers offer it), with NACK, PLI and FIR
+/// feedback and RTX for video.
+fn media_engine() -> webrtc::error::Result<MediaEngine> {
+    let feedback = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    let video_feedback = vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")];
+    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback, payload_type| {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback,
+            },
+            payload_type,
+        }
+    };
+    let mut media = MediaEngine::default();
+    media.register_codec(
+        codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", vec![], 111),
+        RtpCodecKind::Audio,
+    )?;
+    let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+    for video in [
+        codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback.clone(), 96),
+        codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", vec![], 97),
+        codec(MIME_TYPE_H264, 90_000, 0, h264, video_feedback.clone(), 102),
+        codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", vec![], 103),
+    ] {
+        media.register_codec(video, RtpCodecKind::Video)?;
+    }
+    Ok(media)
+}
+
+/// Marks incoming PLI and FIR for the application, which the built-in interceptors never do;
+/// without it a subscriber's keyframe requests would never reach its publisher.
+#[derive(Default)]
+struct KeyframeRequestsToApp {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &message.message.packet {
+            // The core routes a compound packet by its first packet's SSRC: keep only requests.
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|packet| is_keyframe_request(packet.as_ref()))
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            message.message.packet = InterceptorPacket::Rtcp(requests);
+            message.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(message);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, message: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(message);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestsToApp {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}

@@ -1,0 +1,309 @@
+//! A small Phoenix Channels V2 client for tests: it speaks the `shared` crate's [`Frame`]s and
+//! media events over a real WebSocket, and every wait has a deadline, so a server that stays
+//! silent fails the test instead of hanging it.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use shared::client_event::Join;
+use shared::phoenix::{ReplyStatus, PHOENIX_TOPIC};
+use shared::server_event::PeerAccepted;
+use shared::{ClientEvent, Frame, Metadata, PhoenixEvent, ServerEvent};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+/// How long a wait for a frame lasts. The server answers on loopback within milliseconds, so
+/// this only bounds how long a broken server can stall a test.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A topic this client joined: what its pushes must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub topic: String,
+    pub join_ref: String,
+}
+
+/// One Phoenix socket, as phoenix.js would open it.
+pub struct PhoenixClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    last_ref: u64,
+    /// Frames that arrived while a wait looked for another one, in arrival order: `recv` returns
+    /// them first, so waiting for one frame never loses the others.
+    pending: VecDeque<Frame>,
+    /// Refs of this client's `mediaEvent` pushes. The server may answer them `ok` (protocol §1,
+    /// duty 3), and [`PhoenixClient::next_media_event`] passes over such replies.
+    media_refs: HashSet<String>,
+}
+
+impl PhoenixClient {
+    /// Opens a socket at `url`, e.g. [`crate::TestServer::socket_url`].
+    pub async fn connect(url: &str) -> anyhow::Result<PhoenixClient> {
+        let (ws, _response) = connect_async(url)
+            .await
+            .with_context(|| format!("cannot open a WebSocket to {url}"))?;
+        Ok(PhoenixClient {
+            ws,
+            last_ref: 0,
+            pending: VecDeque::new(),
+            media_refs: HashSet::new(),
+        })
+    }
+
+    /// A fresh ref from this socket's counter, as phoenix.js makes them.
+    pub fn next_ref(&mut self) -> String {
+        self.last_ref += 1;
+        self.last_ref.to_string()
+    }
+
+    /// Sends one frame as a text message.
+    pub async fn send(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        self.send_message(Message::text(frame.encode())).await
+    }
+
+    /// Sends any WebSocket message, e.g. text that is no frame at all, or a binary message.
+    pub async fn send_message(&mut self, message: Message) -> anyhow::Result<()> {
+        self.ws.send(message).await.context("cannot send on the socket")
+    }
+
+    /// The next frame, failing after [`RECV_TIMEOUT`] or if the socket closes.
+    pub async fn recv(&mut self) -> anyhow::Result<Frame> {
+        self.recv_within(RECV_TIMEOUT)
+            .await?
+            .ok_or_else(|| anyhow!("no frame within {RECV_TIMEOUT:?}"))
+    }
+
+    /// The next frame if one comes within `wait`; an error if the socket closes.
+    pub async fn recv_within(&mut self, wait: Duration) -> anyhow::Result<Option<Frame>> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(frame));
+        }
+        match timeout(wait, self.read_frame()).await {
+            Ok(frame) => frame.map(Some),
+            Err(_elapsed) => Ok(None),
+        }
+    }
+
+    /// Fails if any frame arrives within `wait` (or is already waiting to be read).
+    pub async fn expect_silence(&mut self, wait: Duration) -> anyhow::Result<()> {
+        match self.recv_within(wait).await? {
+            None => Ok(()),
+            Some(frame) => bail!("expected no frame, got {}", frame.encode()),
+        }
+    }
+
+    /// Waits for the server to close the socket, passing over any frames before its close
+    /// frame, and returns that close frame.
+    pub async fn expect_close(&mut self) -> anyhow::Result<CloseFrame> {
+        self.pending.clear();
+        let closed = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(Some(close)))) => return Ok(close),
+                    Some(Ok(Message::Close(None))) => bail!("closed without a close code"),
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => bail!("socket failed before a close frame: {err}"),
+                    None => bail!("socket ended without a close frame"),
+                }
+            }
+        };
+        timeout(RECV_TIMEOUT, closed)
+            .await
+            .map_err(|_| anyhow!("socket still open after {RECV_TIMEOUT:?}"))?
+    }
+
+    /// Sends a request (join, leave, heartbeat, media event) and returns the `phx_reply` that
+    /// echoes its ref; other frames arriving meanwhile stay queued for `recv`.
+    pub async fn request(&mut self, request: &Frame) -> anyhow::Result<Frame> {
+        self.send(request).await?;
+        let reply = async {
+            loop {
+                let frame = self.read_frame().await?;
+                let answers_request = frame.event == PhoenixEvent::Reply
+                    && frame.msg_ref == request.msg_ref
+                    && frame.topic == request.topic;
+                if answers_request {
+                    return Ok(frame);
+                }
+                self.pending.push_back(frame);
+            }
+        };
+        timeout(RECV_TIMEOUT, reply).await.map_err(|_| {
+            anyhow!(
+                "no reply to {} within {RECV_TIMEOUT:?}",
+                request.encode()
+            )
+        })?
+    }
+
+    /// Sends a heartbeat and checks that the reply is `ok`: the socket is alive and served.
+    pub async fn heartbeat(&mut self) -> anyhow::Result<()> {
+        let msg_ref = self.next_ref();
+        let heartbeat = Frame::request(
+            None,
+            msg_ref,
+            PHOENIX_TOPIC,
+            PhoenixEvent::Heartbeat,
+            json!({}),
+        );
+        let reply = self.request(&heartbeat).await?;
+        ensure!(
+            reply == heartbeat.reply_ok(),
+            "heartbeat answered with {}",
+            reply.encode()
+        );
+        Ok(())
+    }
+
+    /// Joins `topic` with empty params (as the videoroom client does) and checks the reply is
+    /// `ok`.
+    pub async fn join(&mut self, topic: &str) -> anyhow::Result<Channel> {
+        let join_ref = self.next_ref();
+        let join = Frame::request(
+            Some(join_ref.clone()),
+            join_ref.clone(),
+            topic,
+            PhoenixEvent::Join,
+            json!({}),
+        );
+        let reply = self.request(&join).await?;
+        ensure!(
+            reply == join.reply_ok(),
+            "join of {topic} answered with {}",
+            reply.encode()
+        );
+        Ok(Channel {
+            topic: topic.to_owned(),
+            join_ref,
+        })
+    }
+
+    /// Pushes a media event on `channel` and returns the push's ref.
+    pub async fn push(&mut self, channel: &Channel, event: &ClientEvent) -> anyhow::Result<String> {
+        let msg_ref = self.next_ref();
+        let frame = Frame::media_event(
+            Some(channel.join_ref.clone()),
+            Some(msg_ref.clone()),
+            &channel.topic,
+            event.encode(),
+        );
+        self.send(&frame).await?;
+        self.media_refs.insert(msg_ref.clone());
+        Ok(msg_ref)
+    }
+
+    /// The next frame, which must be a media event (an `ok` reply to one of our media pushes
+    /// before it is passed over), with the event decoded.
+    pub async fn next_media_event(&mut self) -> anyhow::Result<(Frame, ServerEvent)> {
+        loop {
+            let frame = self.recv().await?;
+            if self.acknowledges_media_push(&frame) {
+                continue;
+            }
+            ensure!(
+                frame.event == PhoenixEvent::MediaEvent,
+                "expected a media event, got {}",
+                frame.encode()
+            );
+            let event = decode_media_event(&frame)?;
+            return Ok((frame, event));
+        }
+    }
+
+    /// Waits for a media event of type `kind` (e.g. `"peerLeft"`); frames passed over stay
+    /// queued for `recv`.
+    pub async fn wait_for(&mut self, kind: &str) -> anyhow::Result<(Frame, ServerEvent)> {
+        let is_wanted = |frame: &Frame| -> anyhow::Result<Option<ServerEvent>> {
+            if frame.event != PhoenixEvent::MediaEvent {
+                return Ok(None);
+            }
+            let event = decode_media_event(frame)?;
+            Ok((event.kind() == kind).then_some(event))
+        };
+        for index in 0..self.pending.len() {
+            if let Some(event) = is_wanted(&self.pending[index])? {
+                let frame = self.pending.remove(index).expect("index is in range");
+                return Ok((frame, event));
+            }
+        }
+        let found = async {
+            loop {
+                let frame = self.read_frame().await?;
+                if let Some(event) = is_wanted(&frame)? {
+                    return Ok((frame, event));
+                }
+                self.pending.push_back(frame);
+            }
+        };
+        timeout(RECV_TIMEOUT, found)
+            .await
+            .map_err(|_| anyhow!("no `{kind}` within {RECV_TIMEOUT:?}"))?
+    }
+
+    /// Sends the media `join` with `metadata` on a joined channel and checks the answers:
+    /// `peerAccepted`, then `peerJoined` for this peer. Returns the acceptance (its id and
+    /// the peers already in the room).
+    pub async fn join_room(
+        &mut self,
+        channel: &Channel,
+        metadata: Metadata,
+    ) -> anyhow::Result<PeerAccepted> {
+        self.push(channel, &ClientEvent::Join(Join { metadata }))
+            .await?;
+        let accepted = match self.next_media_event().await? {
+            (_, ServerEvent::PeerAccepted(accepted)) => accepted,
+            (frame, _) => bail!("expected `peerAccepted`, got {}", frame.encode()),
+        };
+        match self.next_media_event().await? {
+            (_, ServerEvent::PeerJoined(joined)) if joined.peer.id == accepted.id => {}
+            (frame, _) => bail!(
+                "expected `peerJoined` for {}, got {}",
+                accepted.id,
+                frame.encode()
+            ),
+        }
+        Ok(accepted)
+    }
+
+    /// Whether `frame` is an `ok` reply to one of this client's media pushes.
+    fn acknowledges_media_push(&self, frame: &Frame) -> bool {
+        frame.event == PhoenixEvent::Reply
+            && frame
+                .msg_ref
+                .as_ref()
+                .is_some_and(|msg_ref| self.media_refs.contains(msg_ref))
+            && frame
+                .as_reply()
+                .is_ok_and(|reply| reply.status == ReplyStatus::Ok)
+    }
+
+    /// Reads the next frame from the socket itself, with no deadline. A text message that is
+    /// not a frame is an error: the server must only send frames.
+    async fn read_frame(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return Frame::decode(&text)
+                        .with_context(|| format!("the server sent a bad frame: {text}"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(close))) => bail!("the server closed the socket: {close:?}"),
+                Some(Ok(other)) => bail!("unexpected message from the server: {other:?}"),
+                Some(Err(err)) => bail!("socket failed: {err}"),
+                None => bail!("socket ended"),
+            }
+        }
+    }
+}
+
+/// The server event in a `mediaEvent` frame. One that does not decode is a server bug.
+pub fn decode_media_event(frame: &Frame) -> anyhow::Result<ServerEvent> {
+    let data = frame.media_event_data()?;
+    ServerEvent::decode(data)
+        .with_context(|| format!("the server sent a bad media event: {}", frame.encode()))
+}

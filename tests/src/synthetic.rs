@@ -1,0 +1,845 @@
+//! Synthetic peers: WebRTC clients built on webrtc-rs that speak the real protocol over a real
+//! WebSocket, as `membrane-webrtc-js` does (join, `offerData` → offer with recvonly slots, answer,
+//! trickle ICE), publish generated VP8 and Opus RTP, and count what they receive.
+//!
+//! Every media payload carries the sending track's packet number and send time, and a filler
+//! derived from the number, so a receiver can tell loss, corruption and latency per track.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCOfferOptions;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
+use serde_json::json;
+use shared::client_event::{ClientCandidate, Join, SdpOffer, SdpType, SessionDescription};
+use shared::metadata::{peer_metadata, track_metadata, TrackType};
+use shared::phoenix::{ReplyStatus, PHOENIX_TOPIC};
+use shared::server_event::{OfferData, SdpAnswer};
+use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, SettingEngineBuilder,
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a synthetic peer publishes, and how.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    pub display_name: String,
+    pub audio: bool,
+    pub video: bool,
+    /// Video sends a keyframe this often, and whenever the server asks for one.
+    pub keyframe_interval: Duration,
+    pub video_fps: u32,
+    /// RTP payload bytes of one video packet.
+    pub video_packet_size: usize,
+    /// Video packets per frame.
+    pub video_packets_per_frame: usize,
+}
+
+impl PeerOptions {
+    pub fn publishing(display_name: &str) -> PeerOptions {
+        PeerOptions {
+            display_name: display_name.to_owned(),
+            audio: true,
+            video: true,
+            keyframe_interval: Duration::from_secs(3),
+            video_fps: 30,
+            video_packet_size: 1000,
+            video_packets_per_frame: 1,
+        }
+    }
+
+    pub fn receive_only(display_name: &str) -> PeerOptions {
+        PeerOptions {
+            audio: false,
+            video: false,
+            ..PeerOptions::publishing(display_name)
+        }
+    }
+}
+
+/// What one peer received of one remote track.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub kind: Option<RtpCodecKind>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub keyframes: u64,
+    /// Packets whose payload did not match what the publisher generated.
+    pub corrupt: u64,
+    /// Since the peer joined.
+    pub first_packet: Option<Duration>,
+    pub first_keyframe: Option<Duration>,
+    /// Highest packet number seen; with `packets` it tells loss.
+    pub highest_number: Option<u64>,
+    /// One-way latency of each packet (sender and receiver share this machine's clock), µs.
+    pub latencies_us: Vec<u64>,
+}
+
+/// What one of our own tracks sent.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub packets: AtomicU64,
+    pub keyframes: AtomicU64,
+    /// Keyframe requests (PLI/FIR) the server passed on for this track.
+    pub keyframe_requests: AtomicU64,
+}
+
+/// Everything a peer saw, shared with its tasks.
+#[derive(Default)]
+pub struct PeerState {
+    pub id: Option<PeerId>,
+    pub events: Vec<ServerEvent>,
+    /// The server's last `midToTrackId`: which mid carries which track.
+    pub mid_to_track_id: BTreeMap<String, TrackId>,
+    pub received: BTreeMap<TrackId, Received>,
+    pub published: BTreeMap<TrackId, Arc<Sent>>,
+    pub answers: u32,
+    /// Set when the server sent an `error` event, or the socket closed.
+    pub error: Option<String>,
+}
+
+/// A synthetic peer in a room.
+pub struct SyntheticPeer {
+    state: Arc<Mutex<PeerState>>,
+    commands: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+}
+
+enum Command {
+    Leave,
+}
+
+impl SyntheticPeer {
+    /// Connects to the server's socket, joins `room`, and starts publishing per `options`.
+    pub async fn join(
+        socket_url: &str,
+        room: &str,
+        options: PeerOptions,
+    ) -> anyhow::Result<SyntheticPeer> {
+        let (socket, _) = tokio_tungstenite::connect_async(socket_url)
+            .await
+            .context("cannot open the socket")?;
+        let (mut sink, mut stream) = socket.split();
+        let topic = RoomId::new(room)?.topic();
+        let join_ref = "1".to_owned();
+        let join = Frame::request(
+            Some(join_ref.clone()),
+            join_ref.clone(),
+            &topic,
+            PhoenixEvent::Join,
+            json!({}),
+        );
+        send(&mut sink, &join).await?;
+        let reply = next_frame(&mut stream).await?;
+        if reply.event != PhoenixEvent::Reply || reply.as_reply()?.status != ReplyStatus::Ok {
+            bail!("channel join refused: {}", reply.encode());
+        }
+        let join_event = ClientEvent::Join(Join {
+            metadata: peer_metadata(&options.display_name),
+        });
+        let channel = Channel {
+            topic,
+            join_ref,
+            next_ref: 2,
+        };
+        let mut client = Client {
+            sink,
+            channel,
+            options,
+            state: Arc::default(),
+            joined_at: Instant::now(),
+            pc: None,
+            local: Vec::new(),
+            pending_candidates: Vec::new(),
+            tasks: Vec::new(),
+        };
+        client.push(join_event).await?;
+        let state = client.state.clone();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(client.run(stream, command_rx));
+        Ok(SyntheticPeer {
+            state,
+            commands,
+            task,
+        })
+    }
+
+    /// A look at the peer's state.
+    pub fn state<T>(&self, read: impl FnOnce(&PeerState) -> T) -> T {
+        read(&self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn id(&self) -> Option<PeerId> {
+        self.state(|state| state.id.clone())
+    }
+
+    /// Waits until `condition` holds on the peer's state, or fails after `timeout`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&PeerState) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state(&condition) {
+                return Ok(());
+            }
+            if let Some(error) = self.state(|state| state.error.clone()) {
+                bail!("while waiting for {what}: {error}");
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `leave`, then closes the socket.
+    pub async fn leave(self) {
+        let _ = self.commands.send(Command::Leave);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Drops the socket and the connection without a word, as a crashed browser would.
+    pub fn vanish(self) {
+        self.task.abort();
+    }
+}
+
+/// The joined channel: topic, join_ref, and the ref counter for pushes.
+struct Channel {
+    topic: String,
+    join_ref: String,
+    next_ref: u64,
+}
+
+/// One of our published tracks.
+struct LocalTrack {
+    id: TrackId,
+    kind: RtpCodecKind,
+    ssrc: u32,
+    track: Arc<TrackLocalStaticRTP>,
+    sent: Arc<Sent>,
+    keyframe_wanted: Arc<AtomicBool>,
+}
+
+/// What the connection's callbacks report.
+enum Happening {
+    LocalCandidate(String),
+    Track(Arc<dyn TrackRemote>),
+}
+
+struct Handler {
+    happenings: mpsc::UnboundedSender<Happening>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self
+                .happenings
+                .send(Happening::LocalCandidate(init.candidate));
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.happenings.send(Happening::Track(track));
+    }
+}
+
+/// The peer's task: the socket, the peer connection and the media it sends.
+struct Client {
+    sink: SplitSink<Socket, Message>,
+    channel: Channel,
+    options: PeerOptions,
+    state: Arc<Mutex<PeerState>>,
+    joined_at: Instant,
+    pc: Option<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<Happening>)>,
+    local: Vec<LocalTrack>,
+    /// Server candidates that came before the answer.
+    pending_candidates: Vec<String>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Client {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn run(
+        mut self,
+        mut stream: SplitStream<Socket>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let outcome: anyhow::Result<()> = async {
+            loop {
+                let happening = async {
+                    match &mut self.pc {
+                        Some((_, happenings)) => happenings.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    frame = next_frame(&mut stream) => self.on_frame(frame?).await?,
+                    Some(happening) = happening => self.on_happening(happening).await?,
+                    command = commands.recv() => match command {
+                        Some(Command::Leave) | None => {
+                            self.push(ClientEvent::Leave).await?;
+                            let _ = self.sink.close().await;
+                            return Ok(());
+                        }
+                    },
+                    _ = heartbeat.tick() => {
+                        let beat = Frame::request(None, self.next_ref(), PHOENIX_TOPIC, PhoenixEvent::Heartbeat, json!({}));
+                        send(&mut self.sink, &beat).await?;
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(err) = outcome {
+            self.lock().error.get_or_insert(format!("{err:#}"));
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some((pc, _)) = &self.pc {
+            let _ = pc.close().await;
+        }
+    }
+
+    fn next_ref(&mut self) -> String {
+        self.channel.next_ref += 1;
+        self.channel.next_ref.to_string()
+    }
+
+    async fn push(&mut self, event: ClientEvent) -> anyhow::Result<()> {
+        let frame = Frame::media_event(
+            Some(self.channel.join_ref.clone()),
+            Some(self.next_ref()),
+            &self.channel.topic,
+            event.encode(),
+        );
+        send(&mut self.sink, &frame).await
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> anyhow::Result<()> {
+        match frame.event {
+            PhoenixEvent::MediaEvent => {}
+            PhoenixEvent::Reply if frame.as_reply()?.status == ReplyStatus::Error => {
+                bail!("the server refused a message: {}", frame.encode())
+            }
+            PhoenixEvent::Close | PhoenixEvent::Error => bail!("the channel closed: {}", frame.encode()),
+            _ => return Ok(()),
+        }
+        let event = ServerEvent::decode(frame.media_event_data()?)?;
+        self.lock().events.push(event.clone());
+        match event {
+            ServerEvent::PeerAccepted(accepted) => {
+                self.lock().id = Some(accepted.id.clone());
+                self.create_local_tracks(&accepted.id);
+                if !self.local.is_empty() {
+                    self.push(ClientEvent::RenegotiateTracks).await?;
+                }
+            }
+            ServerEvent::OfferData(offer_data) => self.offer(offer_data).await?,
+            ServerEvent::SdpAnswer(answer) => self.on_answer(answer).await?,
+            ServerEvent::Candidate(candidate) => {
+                if self.lock().answers == 0 {
+                    self.pending_candidates.push(candidate.candidate);
+                } else {
+                    self.add_candidate(candidate.candidate).await;
+                }
+            }
+            ServerEvent::Error(error) => bail!("the server reported an error: {}", error.message),
+            ServerEvent::PeerDenied(reason) => bail!("join denied: {}", json!(reason)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn create_local_tracks(&mut self, peer_id: &PeerId) {
+        let kinds = [
+            (self.options.audio, RtpCodecKind::Audio),
+            (self.options.video, RtpCodecKind::Video),
+        ];
+        for kind in kinds.into_iter().filter(|(on, _)| *on).map(|(_, kind)| kind) {
+            let id = TrackId::new(peer_id, uuid::Uuid::new_v4());
+            let ssrc = rand::random::<u32>();
+            let encoding = RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                active: true,
+                ..Default::default()
+            };
+            // One stream for the peer's audio and video, as a browser's getUserMedia gives.
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                peer_id.to_string(),
+                id.to_string(),
+                id.to_string(),
+                kind,
+                vec![encoding],
+            )));
+            let sent = Arc::new(Sent::default());
+            self.lock().published.insert(id.clone(), sent.clone());
+            self.local.push(LocalTrack {
+                id,
+                kind,
+                ssrc,
+                track,
+                sent,
+                keyframe_wanted: Arc::new(AtomicBool::new(false)),
+            });
+        }
+    }
+
+    /// Answers `offerData` as the Membrane client does: the connection (first time), recvonly
+    /// slots up to `tracksTypes`, an offer (restarting ICE after the first), `sdpOffer`.
+    async fn offer(&mut self, offer_data: OfferData) -> anyhow::Result<()> {
+        let first = self.pc.is_none();
+        if first {
+            self.connect().await?;
+        }
+        let pc = self.pc.as_ref().expect("connected above").0.clone();
+        let mut receiving = [0u32; 2];
+        for transceiver in pc.get_transceivers().await {
+            if transceiver.direction().await? == RTCRtpTransceiverDirection::Recvonly {
+                let kind = transceiver_kind(&pc, &transceiver).await;
+                receiving[usize::from(kind == RtpCodecKind::Video)] += 1;
+            }
+        }
+        let wanted = [offer_data.tracks_types.audio, offer_data.tracks_types.video];
+        for (index, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video].into_iter().enumerate() {
+            for _ in receiving[index]..wanted[index] {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                };
+                pc.add_transceiver_from_kind(kind, Some(init)).await?;
+            }
+        }
+        let options = (!first).then_some(RTCOfferOptions { ice_restart: true });
+        let offer = pc.create_offer(options).await?;
+        pc.set_local_description(offer).await?;
+        let sdp = pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp;
+        let mut mid_to_track_id = BTreeMap::new();
+        for transceiver in pc.get_transceivers().await {
+            let Some(sender) = transceiver.sender().await? else {
+                continue;
+            };
+            let sender_track = sender.track().track_id().await;
+            if let (Some(mid), Some(local)) = (
+                transceiver.mid().await?,
+                self.local.iter().find(|local| local.id.as_str() == sender_track),
+            ) {
+                mid_to_track_id.insert(mid, local.id.clone());
+            }
+        }
+        let track_id_to_track_metadata = self
+            .local
+            .iter()
+            .map(|local| {
+                let track_type = match local.kind {
+                    RtpCodecKind::Audio => TrackType::Audio,
+                    _ => TrackType::Camera,
+                };
+                (local.id.clone(), track_metadata(track_type, true))
+            })
+            .collect();
+        let offer = SdpOffer {
+            sdp_offer: SessionDescription {
+                sdp_type: SdpType::Offer,
+                sdp,
+            },
+            track_id_to_track_metadata,
+            mid_to_track_id,
+        };
+        self.push(ClientEvent::SdpOffer(offer)).await
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<()> {
+        let (media, interceptors) = server::webrtc_setup::media_and_interceptors()?;
+        let (happenings, happening_rx) = mpsc::unbounded_channel();
+        let settings = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(true)
+            .with_network_types(vec![rtc::ice::network_type::NetworkType::Udp4])
+            .build();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(interceptors)
+            .with_handler(Arc::new(Handler { happenings }))
+            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .build()
+            .await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        for local in &self.local {
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            };
+            pc.add_transceiver_from_track(local.track.clone(), Some(init))
+                .await?;
+            self.tasks.push(tokio::spawn(watch_keyframe_requests(
+                local.track.clone(),
+                local.sent.clone(),
+                local.keyframe_wanted.clone(),
+            )));
+        }
+        self.pc = Some((pc, happening_rx));
+        Ok(())
+    }
+
+    async fn on_answer(&mut self, answer: SdpAnswer) -> anyhow::Result<()> {
+        let pc = self.pc.as_ref().context("an answer before any offer")?.0.clone();
+        self.lock().mid_to_track_id = answer.mid_to_track_id;
+        pc.set_remote_description(RTCSessionDescription::answer(answer.description.sdp)?)
+            .await?;
+        let first = {
+            let mut state = self.lock();
+            state.answers += 1;
+            state.answers == 1
+        };
+        for candidate in std::mem::take(&mut self.pending_candidates) {
+            self.add_candidate(candidate).await;
+        }
+        if first {
+            for local in &self.local {
+                self.tasks.push(tokio::spawn(send_media(
+                    local.kind,
+                    local.ssrc,
+                    local.track.clone(),
+                    local.sent.clone(),
+                    local.keyframe_wanted.clone(),
+                    self.options.clone(),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_candidate(&self, candidate: String) {
+        if let Some((pc, _)) = &self.pc {
+            let init = RTCIceCandidateInit {
+                candidate,
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            };
+            let _ = pc.add_ice_candidate(init).await;
+        }
+    }
+
+    async fn on_happening(&mut self, happening: Happening) -> anyhow::Result<()> {
+        match happening {
+            Happening::LocalCandidate(candidate) => {
+                let candidate = ClientEvent::Candidate(ClientCandidate {
+                    candidate,
+                    sdp_m_line_index: Some(0),
+                });
+                self.push(candidate).await?;
+            }
+            Happening::Track(track) => {
+                let pc = self.pc.as_ref().context("a track without a connection")?.0.clone();
+                self.tasks.push(tokio::spawn(receive_track(
+                    track,
+                    pc,
+                    self.state.clone(),
+                    self.joined_at,
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn transceiver_kind(
+    pc: &Arc<dyn PeerConnection>,
+    transceiver: &Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>,
+) -> RtpCodecKind {
+    // A transceiver's kind is that of its m-line in the local description.
+    let mid = transceiver.mid().await.ok().flatten();
+    let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+    let mut kind = RtpCodecKind::Video;
+    let mut current = None;
+    for line in sdp.lines() {
+        if line.starts_with("m=audio") {
+            current = Some(RtpCodecKind::Audio);
+        } else if line.starts_with("m=") {
+            current = Some(RtpCodecKind::Video);
+        } else if let (Some(section_mid), Some(mid)) = (line.strip_prefix("a=mid:"), &mid) {
+            if section_mid.trim() == mid {
+                kind = current.unwrap_or(kind);
+            }
+        }
+    }
+    kind
+}
+
+/// Notes the keyframe requests the server sends for one of our tracks.
+async fn watch_keyframe_requests(
+    track: Arc<TrackLocalStaticRTP>,
+    sent: Arc<Sent>,
+    keyframe_wanted: Arc<AtomicBool>,
+) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+            if packets
+                .iter()
+                .any(|packet| server::webrtc_setup::is_keyframe_request(packet.as_ref()))
+            {
+                sent.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                keyframe_wanted.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Payload types our media engine registers (webrtc_setup): Opus 111, VP8 96.
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
+const OPUS_FRAME: Duration = Duration::from_millis(20);
+const OPUS_PAYLOAD: usize = 120;
+/// Magic at the start of every generated payload body.
+const MAGIC: &[u8; 4] = b"VRM1";
+/// Bytes before the filler: magic, packet number, send time.
+const BODY_HEADER: usize = 4 + 8 + 8;
+
+/// Generates a payload body: magic, packet number, send time (µs since the epoch), filler.
+pub fn payload_body(number: u64, size: usize) -> Vec<u8> {
+    let sent_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let mut body = Vec::with_capacity(size.max(BODY_HEADER));
+    body.extend_from_slice(MAGIC);
+    body.extend_from_slice(&number.to_be_bytes());
+    body.extend_from_slice(&sent_at.to_be_bytes());
+    body.extend((0..size.saturating_sub(BODY_HEADER)).map(|i| filler(number, i)));
+    body
+}
+
+fn filler(number: u64, index: usize) -> u8 {
+    (number as u8).wrapping_add(index as u8).wrapping_mul(31)
+}
+
+/// Reads a generated body back: its packet number and send time, if it is intact.
+pub fn check_body(body: &[u8]) -> Option<(u64, u64)> {
+    if body.len() < BODY_HEADER || &body[..4] != MAGIC {
+        return None;
+    }
+    let number = u64::from_be_bytes(body[4..12].try_into().ok()?);
+    let sent_at = u64::from_be_bytes(body[12..20].try_into().ok()?);
+    let intact = body[BODY_HEADER..]
+        .iter()
+        .enumerate()
+        .all(|(index, byte)| *byte == filler(number, index));
+    intact.then_some((number, sent_at))
+}
+
+/// Sends generated media on one track until the task is aborted.
+async fn send_media(
+    kind: RtpCodecKind,
+    ssrc: u32,
+    track: Arc<TrackLocalStaticRTP>,
+    sent: Arc<Sent>,
+    keyframe_wanted: Arc<AtomicBool>,
+    options: PeerOptions,
+) {
+    let video = kind == RtpCodecKind::Video;
+    let (interval, clock_step) = if video {
+        let interval = Duration::from_secs(1) / options.video_fps.max(1);
+        (interval, 90_000 / options.video_fps.max(1))
+    } else {
+        (OPUS_FRAME, 960)
+    };
+    let mut ticker = tokio::time::interval(interval);
+    let mut sequence_number: u16 = rand::random();
+    let mut timestamp: u32 = rand::random();
+    let mut number: u64 = 0;
+    let mut last_keyframe: Option<Instant> = None;
+    loop {
+        ticker.tick().await;
+        let packets_per_frame = if video { options.video_packets_per_frame.max(1) } else { 1 };
+        let keyframe = video
+            && (keyframe_wanted.swap(false, Ordering::Relaxed)
+                || last_keyframe.is_none_or(|last| last.elapsed() >= options.keyframe_interval));
+        if keyframe {
+            last_keyframe = Some(Instant::now());
+            sent.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        for index in 0..packets_per_frame {
+            let (payload_type, payload) = if video {
+                // VP8 descriptor: S bit on the first packet of the frame, partition 0; then the
+                // frame header's inverse key bit.
+                let mut payload = vec![if index == 0 { 0x10 } else { 0x00 }, u8::from(!keyframe)];
+                payload.extend(payload_body(number, options.video_packet_size.saturating_sub(2)));
+                (VP8_PT, payload)
+            } else {
+                (OPUS_PT, payload_body(number, OPUS_PAYLOAD))
+            };
+            let packet = rtp::Packet {
+                header: rtp::Header {
+                    version: 2,
+                    marker: index + 1 == packets_per_frame,
+                    payload_type,
+                    sequence_number,
+                    timestamp,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: Bytes::from(payload),
+            };
+            if track.write_rtp(packet).await.is_err() {
+                return;
+            }
+            sent.packets.fetch_add(1, Ordering::Relaxed);
+            sequence_number = sequence_number.wrapping_add(1);
+            number += 1;
+        }
+        timestamp = timestamp.wrapping_add(clock_step);
+    }
+}
+
+/// How often a receiver without a decodable picture asks again, as browsers do.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Counts, checks and times what arrives on one remote track.
+async fn receive_track(
+    track: Arc<dyn TrackRemote>,
+    pc: Arc<dyn PeerConnection>,
+    state: Arc<Mutex<PeerState>>,
+    joined_at: Instant,
+) {
+    let mut track_id: Option<TrackId> = None;
+    let mut kind = None;
+    let mut keyframe_seen = false;
+    let mut last_request: Option<Instant> = None;
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnOpen(init) => {
+                let transceiver_id = RTCRtpTransceiverId::from(init.receiver_id);
+                for transceiver in pc.get_transceivers().await {
+                    if transceiver.id() == transceiver_id {
+                        let mid = transceiver.mid().await.ok().flatten();
+                        let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                        track_id = mid.and_then(|mid| state.mid_to_track_id.get(&mid).cloned());
+                    }
+                }
+                kind = Some(track.kind().await);
+            }
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let Some(track_id) = &track_id else { continue };
+                let video = kind == Some(RtpCodecKind::Video);
+                let body = if video { packet.payload.get(2..) } else { packet.payload.get(..) };
+                let checked = body.and_then(check_body);
+                let keyframe = video && packet.payload.get(1).is_some_and(|header| header & 1 == 0)
+                    && packet.payload.first().is_some_and(|d| d & 0x10 != 0);
+                keyframe_seen |= keyframe;
+                // Like a browser, ask for a keyframe while video cannot be decoded yet.
+                if video && !keyframe_seen && last_request.is_none_or(|last| last.elapsed() >= KEYFRAME_REQUEST_INTERVAL) {
+                    last_request = Some(Instant::now());
+                    let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: packet.header.ssrc };
+                    let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+                }
+                let now = joined_at.elapsed();
+                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                let received = state.received.entry(track_id.clone()).or_default();
+                received.kind = kind;
+                received.packets += 1;
+                received.bytes += packet.payload.len() as u64;
+                received.first_packet.get_or_insert(now);
+                if keyframe {
+                    received.keyframes += 1;
+                    received.first_keyframe.get_or_insert(now);
+                }
+                match checked {
+                    Some((number, sent_at)) => {
+                        received.highest_number = received.highest_number.max(Some(number));
+                        let now_us = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_micros() as u64;
+                        received.latencies_us.push(now_us.saturating_sub(sent_at));
+                    }
+                    None => received.corrupt += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn send(sink: &mut SplitSink<Socket, Message>, frame: &Frame) -> anyhow::Result<()> {
+    sink.send(Message::text(frame.encode()))
+        .await
+        .context("the socket closed")
+}
+
+/// The next Phoenix frame from the socket (skipping pings).
+async fn next_frame(stream: &mut SplitStream<Socket>) -> anyhow::Result<Frame> {
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(Frame::decode(&text)?),
+            Some(Ok(Message::Close(close))) => bail!("the server closed the socket: {close:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(err).context("socket error"),
+            None => bail!("the socket ended"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_bodies_check_out_and_catch_corruption() {
+        let body = payload_body(1234, 300);
+        assert_eq!(body.len(), 300);
+        let (number, _) = check_body(&body).expect("intact");
+        assert_eq!(number, 1234);
+        let mut flipped = body.clone();
+        flipped[200] ^= 1;
+        assert_eq!(check_body(&flipped), None);
+        assert_eq!(check_body(&body[..10]), None);
+    }
+}
