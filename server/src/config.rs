@@ -7,7 +7,11 @@ use clap::Parser;
 use shared::server_event::{TurnServer, TurnTransport};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "videoroom", version, about = "A self-hosted multi-party video room")]
+#[command(
+    name = "videoroom",
+    version,
+    about = "A self-hosted multi-party video room"
+)]
 pub struct Config {
     /// Address to listen on for HTTP and the signaling socket.
     #[arg(long, env = "VIDEOROOM_HOST", default_value = "127.0.0.1")]
@@ -77,7 +81,11 @@ fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
     let (first, last) = range
         .split_once('-')
         .ok_or_else(|| format!("`{range}` is not a range like 50000-50100"))?;
-    let parse = |port: &str| port.trim().parse::<u16>().map_err(|err| format!("`{port}`: {err}"));
+    let parse = |port: &str| {
+        port.trim()
+            .parse::<u16>()
+            .map_err(|err| format!("`{port}`: {err}"))
+    };
     let (first, last) = (parse(first)?, parse(last)?);
     if first == 0 || first > last {
         return Err(format!("`{range}` is empty or starts at 0"));
@@ -91,12 +99,18 @@ fn parse_turn(server: &str) -> Result<(String, u16, TurnTransport), String> {
         Some((address, "udp")) => (address, TurnTransport::Udp),
         Some((address, "tcp")) => (address, TurnTransport::Tcp),
         Some((address, "tls")) => (address, TurnTransport::Tls),
-        Some((_, other)) => return Err(format!("unknown TURN transport `{other}` (udp, tcp or tls)")),
+        Some((_, other)) => {
+            return Err(format!(
+                "unknown TURN transport `{other}` (udp, tcp or tls)"
+            ))
+        }
     };
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| format!("`{server}` is not HOST:PORT"))?;
-    let port = port.parse().map_err(|err| format!("`{server}`: bad port: {err}"))?;
+    let port = port
+        .parse()
+        .map_err(|err| format!("`{server}`: bad port: {err}"))?;
     Ok((host.to_owned(), port, transport))
 }
 
@@ -135,6 +149,8 @@ mod tests {
         assert!(parse_port_range("50010-50000").is_err());
         assert!(parse_port_range("5000").is_err());
         assert!(parse_turn("turn.example.org").is_err());
-        assert!(parse_turn("h:1?transport=sctp").unwrap_err().contains("sctp"));
+        assert!(parse_turn("h:1?transport=sctp")
+            .unwrap_err()
+            .contains("sctp"));
     }
 }

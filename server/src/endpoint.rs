@@ -12,8 +12,7 @@ use std::time::Duration;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
@@ -27,9 +26,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCIceCandidateType, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
@@ -45,6 +43,8 @@ pub struct RtcSettings {
     pub announce_ip: Option<IpAddr>,
     pub ports: Option<PortRange>,
     pub turn_servers: Vec<TurnServer>,
+    /// Peer connections open now, across all rooms.
+    pub live_connections: AtomicUsize,
 }
 
 impl RtcSettings {
@@ -58,6 +58,7 @@ impl RtcSettings {
                 next: AtomicU16::new(first),
             }),
             turn_servers: config.turn_servers(),
+            live_connections: AtomicUsize::new(0),
         }
     }
 
@@ -91,7 +92,11 @@ pub struct PortRange {
 impl PortRange {
     fn take(&self) -> u16 {
         let span = self.last - self.first + 1;
-        let offset = self.next.fetch_add(1, Ordering::Relaxed).wrapping_sub(self.first) % span;
+        let offset = self
+            .next
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_sub(self.first)
+            % span;
         self.first + offset
     }
 }
@@ -154,13 +159,6 @@ impl EndpointHandle {
     }
 }
 
-static LIVE_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
-
-/// Peer connections open now, across all rooms.
-pub fn live_count() -> usize {
-    LIVE_CONNECTIONS.load(Ordering::Relaxed)
-}
-
 /// What the connection's callbacks report to the endpoint task.
 enum Happening {
     LocalCandidate(String),
@@ -177,7 +175,9 @@ struct Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
-            let _ = self.happenings.send(Happening::LocalCandidate(init.candidate));
+            let _ = self
+                .happenings
+                .send(Happening::LocalCandidate(init.candidate));
         }
     }
 
@@ -214,7 +214,7 @@ async fn run(
             return;
         }
     };
-    LIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    settings.live_connections.fetch_add(1, Ordering::Relaxed);
     let mut endpoint = Endpoint {
         peer_id,
         pc,
@@ -242,7 +242,7 @@ async fn run(
         }
     }
     endpoint.close().await;
-    LIVE_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    settings.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 struct Endpoint {
@@ -279,7 +279,8 @@ impl Endpoint {
 
     async fn negotiate(&mut self, negotiation: Negotiation) -> Result<(), String> {
         self.publications = Arc::new(negotiation.publish.into_iter().collect());
-        let wanted: BTreeSet<&TrackId> = negotiation.subscribe.iter().map(|s| &s.track_id).collect();
+        let wanted: BTreeSet<&TrackId> =
+            negotiation.subscribe.iter().map(|s| &s.track_id).collect();
         let unwanted: Vec<TrackId> = self
             .subscriptions
             .keys()
@@ -402,7 +403,10 @@ impl Endpoint {
     /// sendonly m-line would make the client expect a track for a mid it cannot name.
     async fn silence_unused_slots(&self) {
         for transceiver in self.pc.get_transceivers().await {
-            let sends = matches!(transceiver.direction().await, Ok(RTCRtpTransceiverDirection::Sendonly));
+            let sends = matches!(
+                transceiver.direction().await,
+                Ok(RTCRtpTransceiverDirection::Sendonly)
+            );
             if sends && matches!(transceiver.sender().await, Ok(None)) {
                 let _ = transceiver
                     .set_direction(RTCRtpTransceiverDirection::Inactive)
@@ -432,7 +436,10 @@ impl Endpoint {
                     .codecs
                     .iter()
                     .filter_map(|codec| {
-                        Some((Codec::from_mime(&codec.rtp_codec.mime_type)?, codec.payload_type))
+                        Some((
+                            Codec::from_mime(&codec.rtp_codec.mime_type)?,
+                            codec.payload_type,
+                        ))
                     })
                     .collect(),
                 Err(_) => Vec::new(),
@@ -497,8 +504,10 @@ impl Endpoint {
                 }
             }
             Happening::Failed => {
-                self.report(EndpointEvent::Failed("ICE or DTLS failed".to_owned()))
-                    .await;
+                self.report(EndpointEvent::Failed(
+                    "the media connection failed (ICE or DTLS)".to_owned(),
+                ))
+                .await;
             }
         }
     }

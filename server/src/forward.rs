@@ -27,10 +27,14 @@ impl Codec {
     /// The codec of a MIME type such as `video/VP8`.
     pub fn from_mime(mime: &str) -> Option<Codec> {
         let subtype = mime.rsplit('/').next()?;
-        [("opus", Codec::Opus), ("vp8", Codec::Vp8), ("h264", Codec::H264)]
-            .into_iter()
-            .find(|(name, _)| subtype.eq_ignore_ascii_case(name))
-            .map(|(_, codec)| codec)
+        [
+            ("opus", Codec::Opus),
+            ("vp8", Codec::Vp8),
+            ("h264", Codec::H264),
+        ]
+        .into_iter()
+        .find(|(name, _)| subtype.eq_ignore_ascii_case(name))
+        .map(|(_, codec)| codec)
     }
 }
 
@@ -269,8 +273,14 @@ mod tests {
         assert!(!starts_keyframe(Codec::Vp8, &[0x00, 0x00]));
         assert!(!starts_keyframe(Codec::Vp8, &[0x11, 0x00]));
         // X with a 15-bit PictureID (as Chrome sends), TL0PICIDX and TID.
-        assert!(starts_keyframe(Codec::Vp8, &[0x90, 0xe0, 0x81, 0x23, 0x05, 0x40, 0x9c]));
-        assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0xe0, 0x81, 0x23, 0x05, 0x40, 0x9d]));
+        assert!(starts_keyframe(
+            Codec::Vp8,
+            &[0x90, 0xe0, 0x81, 0x23, 0x05, 0x40, 0x9c]
+        ));
+        assert!(!starts_keyframe(
+            Codec::Vp8,
+            &[0x90, 0xe0, 0x81, 0x23, 0x05, 0x40, 0x9d]
+        ));
         // A 7-bit PictureID only.
         assert!(starts_keyframe(Codec::Vp8, &[0x90, 0x80, 0x12, 0x00]));
         // Truncated payloads are never keyframes, and never panic.
@@ -284,9 +294,15 @@ mod tests {
         assert!(starts_keyframe(Codec::H264, &[0x65, 0x88])); // IDR
         assert!(starts_keyframe(Codec::H264, &[0x67, 0x42])); // SPS
         assert!(!starts_keyframe(Codec::H264, &[0x41, 0x9a])); // non-IDR slice
-        // STAP-A with an SPS after a SEI.
-        assert!(starts_keyframe(Codec::H264, &[0x78, 0x00, 0x01, 0x06, 0x00, 0x02, 0x67, 0x42]));
-        assert!(!starts_keyframe(Codec::H264, &[0x78, 0x00, 0x01, 0x06, 0x00, 0x01, 0x41]));
+                                                               // STAP-A with an SPS after a SEI.
+        assert!(starts_keyframe(
+            Codec::H264,
+            &[0x78, 0x00, 0x01, 0x06, 0x00, 0x02, 0x67, 0x42]
+        ));
+        assert!(!starts_keyframe(
+            Codec::H264,
+            &[0x78, 0x00, 0x01, 0x06, 0x00, 0x01, 0x41]
+        ));
         // FU-A: the start fragment of an IDR, a middle fragment, and a non-IDR start.
         assert!(starts_keyframe(Codec::H264, &[0x7c, 0x85]));
         assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x05]));
@@ -316,6 +332,9 @@ mod tests {
         assert_eq!((header.ssrc, header.payload_type), (0x2222, 100));
         assert!(!header.extension && header.extensions.is_empty());
         // Sequence numbers, timestamps and the marker pass through: one source per down-track.
-        assert_eq!((header.sequence_number, header.timestamp, header.marker), (7, 9000, true));
+        assert_eq!(
+            (header.sequence_number, header.timestamp, header.marker),
+            (7, 9000, true)
+        );
     }
 }

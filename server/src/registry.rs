@@ -97,7 +97,10 @@ impl Registry {
     /// Forgets the room `room_id` if it is still the one of `generation`.
     pub(crate) fn forget(&self, room_id: &RoomId, generation: u64) {
         let mut rooms = self.lock();
-        if rooms.get(room_id).is_some_and(|room| room.generation == generation) {
+        if rooms
+            .get(room_id)
+            .is_some_and(|room| room.generation == generation)
+        {
             rooms.remove(room_id);
         }
     }
@@ -114,13 +117,21 @@ impl Registry {
         Counts {
             rooms: rooms.len(),
             peers,
-            peer_connections: crate::endpoint::live_count(),
+            peer_connections: self
+                .inner
+                .settings
+                .rtc
+                .live_connections
+                .load(Ordering::Relaxed),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomHandle>> {
         // The map stays consistent even if a holder panicked: every update is a single call.
-        self.inner.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -31,13 +31,18 @@ pub enum RoomMessage {
         reply: oneshot::Sender<Result<(), JoinRefused>>,
     },
     /// A media event from a joined peer (`leave` also when its socket or channel closed).
-    Event { peer_id: PeerId, event: ClientEvent },
+    Event {
+        peer_id: PeerId,
+        event: ClientEvent,
+    },
     /// News from a peer's endpoint.
     Endpoint {
         peer_id: PeerId,
         event: EndpointEvent,
     },
-    CountPeers { reply: oneshot::Sender<usize> },
+    CountPeers {
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -126,7 +131,9 @@ struct Peer {
 enum NegotiationState {
     Idle,
     /// `offerData` went out listing these tracks' slots; the client's `sdpOffer` is next.
-    AwaitingOffer { tracks: Vec<TrackId> },
+    AwaitingOffer {
+        tracks: Vec<TrackId>,
+    },
     /// The endpoint is answering the client's offer.
     AwaitingAnswer,
 }
@@ -143,7 +150,7 @@ struct Track {
 enum PeerFault {
     #[error("{0}")]
     BadOffer(String),
-    #[error("media connection failed: {0}")]
+    #[error("{0}")]
     Endpoint(String),
 }
 
@@ -197,11 +204,20 @@ impl Room {
         }
     }
 
-    fn join(&mut self, peer_id: PeerId, metadata: Metadata, outbox: Outbox) -> Result<(), JoinRefused> {
+    fn join(
+        &mut self,
+        peer_id: PeerId,
+        metadata: Metadata,
+        outbox: Outbox,
+    ) -> Result<(), JoinRefused> {
         if self.peers.len() >= self.settings.max_peers {
             return Err(JoinRefused::Full(self.settings.max_peers));
         }
-        let endpoint = EndpointHandle::spawn(peer_id.clone(), self.settings.rtc.clone(), self.handle.clone());
+        let endpoint = EndpointHandle::spawn(
+            peer_id.clone(),
+            self.settings.rtc.clone(),
+            self.handle.clone(),
+        );
         let peers_in_room = self
             .peers
             .iter()
@@ -259,10 +275,14 @@ impl Room {
             ClientEvent::Candidate(candidate) => {
                 // The browser signals the end of candidates with an empty one.
                 if !candidate.candidate.is_empty() {
-                    self.peers[peer_id].endpoint.add_candidate(candidate.candidate);
+                    self.peers[peer_id]
+                        .endpoint
+                        .add_candidate(candidate.candidate);
                 }
             }
-            ClientEvent::UpdatePeerMetadata(update) => self.update_peer_metadata(peer_id, update.metadata),
+            ClientEvent::UpdatePeerMetadata(update) => {
+                self.update_peer_metadata(peer_id, update.metadata)
+            }
             ClientEvent::UpdateTrackMetadata(update) => self.update_track_metadata(peer_id, update),
             ClientEvent::Join(_) => {}
             ClientEvent::SetTargetTrackVariant(_)
@@ -292,13 +312,16 @@ impl Room {
             offered.push(track_id);
         }
         // Slots are never reused, so the counts only grow, as the client expects.
-        let tracks_types = peer.slotted.values().fold(TracksTypes::default(), |mut types, kind| {
-            match kind {
-                MediaKind::Audio => types.audio += 1,
-                MediaKind::Video => types.video += 1,
-            }
-            types
-        });
+        let tracks_types = peer
+            .slotted
+            .values()
+            .fold(TracksTypes::default(), |mut types, kind| {
+                match kind {
+                    MediaKind::Audio => types.audio += 1,
+                    MediaKind::Video => types.video += 1,
+                }
+                types
+            });
         peer.negotiation = NegotiationState::AwaitingOffer { tracks: offered };
         let offer_data = ServerEvent::OfferData(OfferData {
             tracks_types,
@@ -318,15 +341,24 @@ impl Room {
 
     fn on_offer(&mut self, peer_id: &PeerId, offer: SdpOffer) -> Result<(), PeerFault> {
         let published = published_tracks(peer_id, &offer)?;
-        let peer = self.peers.get_mut(peer_id).expect("the caller checked the peer");
-        let offered = match std::mem::replace(&mut peer.negotiation, NegotiationState::AwaitingAnswer) {
-            NegotiationState::AwaitingOffer { tracks } => tracks,
-            // An offer nobody asked for: keep what the peer already receives.
-            NegotiationState::Idle | NegotiationState::AwaitingAnswer => peer.receiving.values().cloned().collect(),
-        };
+        let peer = self
+            .peers
+            .get_mut(peer_id)
+            .expect("the caller checked the peer");
+        let offered =
+            match std::mem::replace(&mut peer.negotiation, NegotiationState::AwaitingAnswer) {
+                NegotiationState::AwaitingOffer { tracks } => tracks,
+                // An offer nobody asked for: keep what the peer already receives.
+                NegotiationState::Idle | NegotiationState::AwaitingAnswer => {
+                    peer.receiving.values().cloned().collect()
+                }
+            };
         let old: BTreeSet<TrackId> = peer.published.values().cloned().collect();
         let new: BTreeSet<TrackId> = published.iter().map(|(_, (id, _))| id.clone()).collect();
-        peer.published = published.iter().map(|(mid, (id, _))| (mid.clone(), id.clone())).collect();
+        peer.published = published
+            .iter()
+            .map(|(mid, (id, _))| (mid.clone(), id.clone()))
+            .collect();
 
         for removed in old.difference(&new) {
             self.tracks.remove(removed);
@@ -337,12 +369,15 @@ impl Room {
                 .get(track_id)
                 .cloned()
                 .unwrap_or_else(|| Metadata::Object(Default::default()));
-            let track = self.tracks.entry(track_id.clone()).or_insert_with(|| Track {
-                owner: peer_id.clone(),
-                kind: *kind,
-                metadata: metadata.clone(),
-                fanout: Fanout::new(track_id.clone(), *kind),
-            });
+            let track = self
+                .tracks
+                .entry(track_id.clone())
+                .or_insert_with(|| Track {
+                    owner: peer_id.clone(),
+                    kind: *kind,
+                    metadata: metadata.clone(),
+                    fanout: Fanout::new(track_id.clone(), *kind),
+                });
             track.metadata = metadata;
         }
 
@@ -385,7 +420,12 @@ impl Room {
             self.announce_removed(peer_id, &removed);
         }
         if !added.is_empty() || !removed.is_empty() {
-            let others: Vec<PeerId> = self.peers.keys().filter(|id| *id != peer_id).cloned().collect();
+            let others: Vec<PeerId> = self
+                .peers
+                .keys()
+                .filter(|id| *id != peer_id)
+                .cloned()
+                .collect();
             for other in others {
                 self.renegotiate(&other);
             }
@@ -419,25 +459,43 @@ impl Room {
     fn on_endpoint_event(&mut self, peer_id: &PeerId, event: EndpointEvent) {
         match event {
             EndpointEvent::Answer { sdp, sending } => {
-                let peer = self.peers.get_mut(peer_id).expect("the caller checked the peer");
+                let peer = self
+                    .peers
+                    .get_mut(peer_id)
+                    .expect("the caller checked the peer");
                 peer.negotiation = NegotiationState::Idle;
                 peer.receiving = sending.clone();
                 let mut mid_to_track_id = sending;
                 mid_to_track_id.extend(peer.published.clone());
-                self.push(peer_id, ServerEvent::SdpAnswer(SdpAnswer::new(sdp, mid_to_track_id)));
-                if self.peers.get(peer_id).is_some_and(|peer| peer.renegotiate_after) {
+                self.push(
+                    peer_id,
+                    ServerEvent::SdpAnswer(SdpAnswer::new(sdp, mid_to_track_id)),
+                );
+                if self
+                    .peers
+                    .get(peer_id)
+                    .is_some_and(|peer| peer.renegotiate_after)
+                {
                     self.renegotiate(peer_id);
                 }
             }
             EndpointEvent::Candidate(candidate) => {
-                self.push(peer_id, ServerEvent::Candidate(ServerCandidate::bundled(candidate)));
+                self.push(
+                    peer_id,
+                    ServerEvent::Candidate(ServerCandidate::bundled(candidate)),
+                );
             }
-            EndpointEvent::Failed(reason) => self.remove_peer(peer_id, Some(PeerFault::Endpoint(reason))),
+            EndpointEvent::Failed(reason) => {
+                self.remove_peer(peer_id, Some(PeerFault::Endpoint(reason)))
+            }
         }
     }
 
     fn update_peer_metadata(&mut self, peer_id: &PeerId, metadata: Metadata) {
-        let peer = self.peers.get_mut(peer_id).expect("the caller checked the peer");
+        let peer = self
+            .peers
+            .get_mut(peer_id)
+            .expect("the caller checked the peer");
         peer.metadata = metadata.clone();
         // membrane-webrtc-js 0.3 wipes the track map of a peer it gets `peerUpdated` for, so
         // the news waits for peers without tracks (others learn it from `peerAccepted`).
@@ -451,7 +509,11 @@ impl Room {
     }
 
     fn update_track_metadata(&mut self, peer_id: &PeerId, update: UpdateTrackMetadata) {
-        let Some(track) = self.tracks.get_mut(&update.track_id).filter(|track| &track.owner == peer_id) else {
+        let Some(track) = self
+            .tracks
+            .get_mut(&update.track_id)
+            .filter(|track| &track.owner == peer_id)
+        else {
             tracing::warn!(peer = %peer_id, track = %update.track_id, "metadata update for a track the peer does not publish");
             return;
         };
@@ -462,7 +524,11 @@ impl Room {
             metadata: update.track_metadata,
         });
         // Only to peers that know the track: the client fails on an unknown one.
-        self.broadcast(Some(peer_id), |peer| peer.known.contains(&update.track_id).then(|| updated.clone()));
+        self.broadcast(Some(peer_id), |peer| {
+            peer.known
+                .contains(&update.track_id)
+                .then(|| updated.clone())
+        });
     }
 
     /// Removes a peer: its tracks stop, the others hear `peerLeft` and renegotiate. A fault is
@@ -512,14 +578,21 @@ impl Room {
     }
 
     fn push(&mut self, peer_id: &PeerId, event: ServerEvent) {
-        let delivered = self.peers.get(peer_id).is_some_and(|peer| peer.outbox.push(peer_id, event));
+        let delivered = self
+            .peers
+            .get(peer_id)
+            .is_some_and(|peer| peer.outbox.push(peer_id, event));
         if !delivered {
             self.drop_unreachable(vec![peer_id.clone()]);
         }
     }
 
     /// Sends each peer (but `except`) the event `event_for` makes for it, if any.
-    fn broadcast(&mut self, except: Option<&PeerId>, event_for: impl Fn(&Peer) -> Option<ServerEvent>) {
+    fn broadcast(
+        &mut self,
+        except: Option<&PeerId>,
+        event_for: impl Fn(&Peer) -> Option<ServerEvent>,
+    ) {
         let mut unreachable = Vec::new();
         for (peer_id, peer) in &self.peers {
             if Some(peer_id) == except {
@@ -550,24 +623,28 @@ fn published_tracks(
     offer: &SdpOffer,
 ) -> Result<BTreeMap<String, (TrackId, MediaKind)>, PeerFault> {
     let mut published = BTreeMap::new();
-    for (index, section) in sdp::media_sections(&offer.sdp_offer.sdp).into_iter().enumerate() {
+    for (index, section) in sdp::media_sections(&offer.sdp_offer.sdp)
+        .into_iter()
+        .enumerate()
+    {
         let Some(kind) = section.kind else { continue };
         let mid = section.mid.clone().unwrap_or_else(|| index.to_string());
         match section.direction {
             Direction::RecvOnly | Direction::Inactive => continue,
-            Direction::SendRecv => {
-                return Err(PeerFault::BadOffer(format!(
-                    "m-line {mid} is sendrecv: offer your tracks sendonly and receiving slots recvonly"
-                )))
-            }
+            Direction::SendRecv => return Err(PeerFault::BadOffer(format!(
+                "m-line {mid} is sendrecv: offer your tracks sendonly and receiving slots recvonly"
+            ))),
             Direction::SendOnly => {}
         }
-        let track_id = offer
-            .mid_to_track_id
-            .get(&mid)
-            .ok_or_else(|| PeerFault::BadOffer(format!("m-line {mid} sends a track missing from midToTrackId")))?;
+        let track_id = offer.mid_to_track_id.get(&mid).ok_or_else(|| {
+            PeerFault::BadOffer(format!(
+                "m-line {mid} sends a track missing from midToTrackId"
+            ))
+        })?;
         if !track_id.is_owned_by(peer_id) {
-            return Err(PeerFault::BadOffer(format!("track {track_id} belongs to another peer")));
+            return Err(PeerFault::BadOffer(format!(
+                "track {track_id} belongs to another peer"
+            )));
         }
         if !section.has_forwardable_codec() {
             return Err(PeerFault::BadOffer(format!(

@@ -36,7 +36,9 @@ impl MediaSection {
             Some(MediaKind::Video) => &["vp8", "h264"],
             None => return false,
         };
-        self.codecs.iter().any(|codec| usable.contains(&codec.as_str()))
+        self.codecs
+            .iter()
+            .any(|codec| usable.contains(&codec.as_str()))
     }
 }
 
@@ -62,7 +64,8 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
             });
             continue;
         }
-        let (Some(section), Some(attribute)) = (sections.last_mut(), line.strip_prefix("a=")) else {
+        let (Some(section), Some(attribute)) = (sections.last_mut(), line.strip_prefix("a="))
+        else {
             continue;
         };
         match attribute {
@@ -139,7 +142,11 @@ mod tests {
         );
         assert_eq!(sections[1].codecs, ["vp8", "rtx", "h264"]);
         assert_eq!(sections[2].direction, Direction::RecvOnly);
-        assert_eq!(sections[3].direction, Direction::Inactive, "port 0 is stopped");
+        assert_eq!(
+            sections[3].direction,
+            Direction::Inactive,
+            "port 0 is stopped"
+        );
         assert_eq!(sections[4].kind, None);
         assert_eq!(sections[4].mid.as_deref(), Some("4"));
     }

@@ -35,11 +35,6 @@ impl Outbox {
         self.0.try_send((peer.clone(), event)).is_ok()
     }
 
-    #[cfg(test)]
-    pub fn channel() -> (Outbox, mpsc::Receiver<(PeerId, ServerEvent)>) {
-        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        (Outbox(tx), rx)
-    }
 }
 
 /// A joined topic: one peer of one room.
@@ -167,7 +162,11 @@ impl Socket {
                 self.on_media_event(frame).await
             }
             _ => {
-                tracing::debug!(topic = frame.topic, event = frame.event.as_str(), "unmatched topic");
+                tracing::debug!(
+                    topic = frame.topic,
+                    event = frame.event.as_str(),
+                    "unmatched topic"
+                );
                 self.send(frame.reply_error("unmatched topic")).await
             }
         }
@@ -175,9 +174,9 @@ impl Socket {
 
     /// Whether the frame is for a joined topic and not from an earlier join of it.
     fn is_current(&self, frame: &Frame) -> bool {
-        self.channels.get(&frame.topic).is_some_and(|channel| {
-            frame.join_ref.is_none() || frame.join_ref == channel.join_ref
-        })
+        self.channels
+            .get(&frame.topic)
+            .is_some_and(|channel| frame.join_ref.is_none() || frame.join_ref == channel.join_ref)
     }
 
     async fn on_join(&mut self, frame: Frame) -> Result<(), SocketGone> {

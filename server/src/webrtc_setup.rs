@@ -11,7 +11,9 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
 use rtc::sansio::Protocol;
 use webrtc::peer_connection::{register_default_interceptors, MediaEngine, Registry};
 
@@ -37,7 +39,11 @@ fn media_engine() -> webrtc::error::Result<MediaEngine> {
         typ: typ.to_owned(),
         parameter: parameter.to_owned(),
     };
-    let video_feedback = vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")];
+    let video_feedback = vec![
+        feedback("nack", ""),
+        feedback("nack", "pli"),
+        feedback("ccm", "fir"),
+    ];
     let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback, payload_type| {
         RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
@@ -52,7 +58,14 @@ fn media_engine() -> webrtc::error::Result<MediaEngine> {
     };
     let mut media = MediaEngine::default();
     media.register_codec(
-        codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", vec![], 111),
+        codec(
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            vec![],
+            111,
+        ),
         RtpCodecKind::Audio,
     )?;
     let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";

@@ -80,7 +80,11 @@ impl TestServer {
 
     /// What `/stats` says: rooms, peers and peer connections alive now.
     pub async fn counts(&self) -> anyhow::Result<server::Counts> {
-        let body = reqwest::get(self.url("/stats")).await?.error_for_status()?.text().await?;
+        let body = reqwest::get(self.url("/stats"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
         Ok(serde_json::from_str(&body)?)
     }
 }

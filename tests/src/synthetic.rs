@@ -86,6 +86,8 @@ impl PeerOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Received {
     pub kind: Option<RtpCodecKind>,
+    /// The msid stream the track arrived in.
+    pub stream_id: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub keyframes: u64,
@@ -94,10 +96,32 @@ pub struct Received {
     /// Since the peer joined.
     pub first_packet: Option<Duration>,
     pub first_keyframe: Option<Duration>,
-    /// Highest packet number seen; with `packets` it tells loss.
+    /// Lowest and highest packet number seen; with `packets` they tell loss.
+    pub lowest_number: Option<u64>,
     pub highest_number: Option<u64>,
     /// One-way latency of each packet (sender and receiver share this machine's clock), µs.
     pub latencies_us: Vec<u64>,
+}
+
+impl Received {
+    /// Packets missing between the first and the last one received (video counts packets, not
+    /// frames; a subscriber starts at a keyframe, so nothing before its first packet is missing).
+    pub fn lost(&self) -> u64 {
+        match (self.lowest_number, self.highest_number) {
+            (Some(lowest), Some(highest)) => {
+                (highest - lowest + 1).saturating_sub(self.packets - self.corrupt)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The `q` quantile (0..=1) of the one-way latencies, in µs.
+    pub fn latency_quantile_us(&self, q: f64) -> Option<u64> {
+        let mut latencies = self.latencies_us.clone();
+        latencies.sort_unstable();
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies.get(index).copied()
+    }
 }
 
 /// What one of our own tracks sent.
@@ -131,6 +155,7 @@ pub struct SyntheticPeer {
 }
 
 enum Command {
+    Push(ClientEvent),
     Leave,
 }
 
@@ -218,6 +243,11 @@ impl SyntheticPeer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sends any media event, as a misbehaving client might.
+    pub fn push(&self, event: ClientEvent) {
+        let _ = self.commands.send(Command::Push(event));
     }
 
     /// Sends `leave`, then closes the socket.
@@ -313,6 +343,7 @@ impl Client {
                     frame = next_frame(&mut stream) => self.on_frame(frame?).await?,
                     Some(happening) = happening => self.on_happening(happening).await?,
                     command = commands.recv() => match command {
+                        Some(Command::Push(event)) => self.push(event).await?,
                         Some(Command::Leave) | None => {
                             self.push(ClientEvent::Leave).await?;
                             let _ = self.sink.close().await;
@@ -359,7 +390,9 @@ impl Client {
             PhoenixEvent::Reply if frame.as_reply()?.status == ReplyStatus::Error => {
                 bail!("the server refused a message: {}", frame.encode())
             }
-            PhoenixEvent::Close | PhoenixEvent::Error => bail!("the channel closed: {}", frame.encode()),
+            PhoenixEvent::Close | PhoenixEvent::Error => {
+                bail!("the channel closed: {}", frame.encode())
+            }
             _ => return Ok(()),
         }
         let event = ServerEvent::decode(frame.media_event_data()?)?;
@@ -393,7 +426,11 @@ impl Client {
             (self.options.audio, RtpCodecKind::Audio),
             (self.options.video, RtpCodecKind::Video),
         ];
-        for kind in kinds.into_iter().filter(|(on, _)| *on).map(|(_, kind)| kind) {
+        for kind in kinds
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, kind)| kind)
+        {
             let id = TrackId::new(peer_id, uuid::Uuid::new_v4());
             let ssrc = rand::random::<u32>();
             let encoding = RTCRtpEncodingParameters {
@@ -441,7 +478,10 @@ impl Client {
             }
         }
         let wanted = [offer_data.tracks_types.audio, offer_data.tracks_types.video];
-        for (index, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video].into_iter().enumerate() {
+        for (index, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
+            .into_iter()
+            .enumerate()
+        {
             for _ in receiving[index]..wanted[index] {
                 let init = RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Recvonly,
@@ -467,7 +507,9 @@ impl Client {
             let sender_track = sender.track().track_id().await;
             if let (Some(mid), Some(local)) = (
                 transceiver.mid().await?,
-                self.local.iter().find(|local| local.id.as_str() == sender_track),
+                self.local
+                    .iter()
+                    .find(|local| local.id.as_str() == sender_track),
             ) {
                 mid_to_track_id.insert(mid, local.id.clone());
             }
@@ -530,7 +572,12 @@ impl Client {
     }
 
     async fn on_answer(&mut self, answer: SdpAnswer) -> anyhow::Result<()> {
-        let pc = self.pc.as_ref().context("an answer before any offer")?.0.clone();
+        let pc = self
+            .pc
+            .as_ref()
+            .context("an answer before any offer")?
+            .0
+            .clone();
         self.lock().mid_to_track_id = answer.mid_to_track_id;
         pc.set_remote_description(RTCSessionDescription::answer(answer.description.sdp)?)
             .await?;
@@ -578,7 +625,12 @@ impl Client {
                 self.push(candidate).await?;
             }
             Happening::Track(track) => {
-                let pc = self.pc.as_ref().context("a track without a connection")?.0.clone();
+                let pc = self
+                    .pc
+                    .as_ref()
+                    .context("a track without a connection")?
+                    .0
+                    .clone();
                 self.tasks.push(tokio::spawn(receive_track(
                     track,
                     pc,
@@ -597,7 +649,11 @@ async fn transceiver_kind(
 ) -> RtpCodecKind {
     // A transceiver's kind is that of its m-line in the local description.
     let mid = transceiver.mid().await.ok().flatten();
-    let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+    let sdp = pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or_default();
     let mut kind = RtpCodecKind::Video;
     let mut current = None;
     for line in sdp.lines() {
@@ -698,7 +754,11 @@ async fn send_media(
     let mut last_keyframe: Option<Instant> = None;
     loop {
         ticker.tick().await;
-        let packets_per_frame = if video { options.video_packets_per_frame.max(1) } else { 1 };
+        let packets_per_frame = if video {
+            options.video_packets_per_frame.max(1)
+        } else {
+            1
+        };
         let keyframe = video
             && (keyframe_wanted.swap(false, Ordering::Relaxed)
                 || last_keyframe.is_none_or(|last| last.elapsed() >= options.keyframe_interval));
@@ -711,7 +771,10 @@ async fn send_media(
                 // VP8 descriptor: S bit on the first packet of the frame, partition 0; then the
                 // frame header's inverse key bit.
                 let mut payload = vec![if index == 0 { 0x10 } else { 0x00 }, u8::from(!keyframe)];
-                payload.extend(payload_body(number, options.video_packet_size.saturating_sub(2)));
+                payload.extend(payload_body(
+                    number,
+                    options.video_packet_size.saturating_sub(2),
+                ));
                 (VP8_PT, payload)
             } else {
                 (OPUS_PT, payload_body(number, OPUS_PAYLOAD))
@@ -751,6 +814,7 @@ async fn receive_track(
 ) {
     let mut track_id: Option<TrackId> = None;
     let mut kind = None;
+    let mut stream_id = None;
     let mut keyframe_seen = false;
     let mut last_request: Option<Instant> = None;
     while let Some(event) = track.poll().await {
@@ -765,25 +829,38 @@ async fn receive_track(
                     }
                 }
                 kind = Some(track.kind().await);
+                stream_id = init.stream_ids.first().cloned();
             }
             TrackRemoteEvent::OnRtpPacket(packet) => {
                 let Some(track_id) = &track_id else { continue };
                 let video = kind == Some(RtpCodecKind::Video);
-                let body = if video { packet.payload.get(2..) } else { packet.payload.get(..) };
+                let body = if video {
+                    packet.payload.get(2..)
+                } else {
+                    packet.payload.get(..)
+                };
                 let checked = body.and_then(check_body);
-                let keyframe = video && packet.payload.get(1).is_some_and(|header| header & 1 == 0)
+                let keyframe = video
+                    && packet.payload.get(1).is_some_and(|header| header & 1 == 0)
                     && packet.payload.first().is_some_and(|d| d & 0x10 != 0);
                 keyframe_seen |= keyframe;
                 // Like a browser, ask for a keyframe while video cannot be decoded yet.
-                if video && !keyframe_seen && last_request.is_none_or(|last| last.elapsed() >= KEYFRAME_REQUEST_INTERVAL) {
+                if video
+                    && !keyframe_seen
+                    && last_request.is_none_or(|last| last.elapsed() >= KEYFRAME_REQUEST_INTERVAL)
+                {
                     last_request = Some(Instant::now());
-                    let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: packet.header.ssrc };
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: packet.header.ssrc,
+                    };
                     let _ = track.write_rtcp(vec![Box::new(pli)]).await;
                 }
                 let now = joined_at.elapsed();
                 let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
                 let received = state.received.entry(track_id.clone()).or_default();
                 received.kind = kind;
+                received.stream_id.clone_from(&stream_id);
                 received.packets += 1;
                 received.bytes += packet.payload.len() as u64;
                 received.first_packet.get_or_insert(now);
@@ -794,6 +871,11 @@ async fn receive_track(
                 match checked {
                     Some((number, sent_at)) => {
                         received.highest_number = received.highest_number.max(Some(number));
+                        received.lowest_number = Some(
+                            received
+                                .lowest_number
+                                .map_or(number, |lowest| lowest.min(number)),
+                        );
                         let now_us = SystemTime::now()
                             .duration_since(UNIX_EPOCH)
                             .unwrap_or_default()

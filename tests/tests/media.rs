@@ -1,46 +1,97 @@
 //! Media through the real server: synthetic webrtc-rs peers publish generated VP8 and Opus over
 //! the real protocol, and what each receives is counted and checked packet by packet.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use e2e::synthetic::{PeerOptions, PeerState, SyntheticPeer};
 use e2e::TestServer;
-use shared::{PeerId, ServerEvent, TrackId};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use shared::client_event::{SdpOffer, SdpType, SessionDescription};
+use shared::{ClientEvent, PeerId, ServerEvent, TrackId};
 
-const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Audio and video packets in one second of generated media (Opus 20 ms, video 30 fps).
+const ONE_SECOND: (u64, u64) = (50, 30);
+
+async fn join(
+    server: &TestServer,
+    room: &str,
+    options: PeerOptions,
+) -> anyhow::Result<SyntheticPeer> {
+    let peer = SyntheticPeer::join(&server.socket_url(), room, options).await?;
+    let tracks = peer.state(|state| state.published.len());
+    let wanted = 2;
+    peer.wait_until("the peer's own tracks", TIMEOUT, |state| {
+        state.id.is_some() && (state.published.len() == wanted || tracks == 0)
+    })
+    .await?;
+    Ok(peer)
+}
 
 /// The tracks `publisher` publishes.
 fn published(publisher: &SyntheticPeer) -> Vec<TrackId> {
     publisher.state(|state| state.published.keys().cloned().collect())
 }
 
-/// Whether `state` received at least `audio` and `video` packets of each of `tracks`.
-fn received_enough(state: &PeerState, tracks: &[TrackId], audio: u64, video: u64) -> bool {
-    tracks.iter().all(|id| {
-        state.received.get(id).is_some_and(|received| {
-            let wanted = match received.kind {
-                Some(rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio) => audio,
-                _ => video,
-            };
-            received.packets >= wanted
-        })
+/// How many packets of each of `tracks` `receiver` has had.
+fn packet_counts(receiver: &SyntheticPeer, tracks: &[TrackId]) -> BTreeMap<TrackId, u64> {
+    receiver.state(|state| {
+        tracks
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    state
+                        .received
+                        .get(id)
+                        .map_or(0, |received| received.packets),
+                )
+            })
+            .collect()
     })
 }
 
-/// Prints what `receiver` got of `tracks` and checks that none of it was corrupt.
-fn report(name: &str, receiver: &SyntheticPeer, tracks: &[TrackId]) {
+/// Waits until `receiver` has had `more` (audio, video) packets of each of `tracks`.
+async fn wait_for_media(
+    receiver: &SyntheticPeer,
+    tracks: &[TrackId],
+    more: (u64, u64),
+) -> anyhow::Result<()> {
+    let before = packet_counts(receiver, tracks);
+    receiver
+        .wait_until("media", TIMEOUT, |state| {
+            tracks.iter().all(|id| {
+                state.received.get(id).is_some_and(|received| {
+                    let wanted = if received.kind == Some(RtpCodecKind::Audio) {
+                        more.0
+                    } else {
+                        more.1
+                    };
+                    received.packets >= before[id] + wanted
+                })
+            })
+        })
+        .await
+}
+
+/// Prints what `receiver` got of `tracks`, and checks it is intact, nearly lossless, and that
+/// each publisher's audio and video came in one stream named after the publisher.
+fn check_received(name: &str, receiver: &SyntheticPeer, tracks: &[TrackId]) {
     receiver.state(|state| {
         for id in tracks {
             let received = &state.received[id];
-            let mut latencies = received.latencies_us.clone();
-            latencies.sort_unstable();
-            let p50 = latencies.get(latencies.len() / 2).copied().unwrap_or_default();
             println!(
-                "{name} ← {id}: {:?} {} packets, {} keyframes, {} corrupt, first packet {:?}, first keyframe {:?}, latency p50 {p50} µs",
-                received.kind, received.packets, received.keyframes, received.corrupt,
-                received.first_packet, received.first_keyframe
+                "{name} ← {id}: {:?}, {} packets, {} lost, {} corrupt, {} keyframes, first packet {:?}, first keyframe {:?}, latency p50 {:?} µs p99 {:?} µs",
+                received.kind.expect("kind known"), received.packets, received.lost(), received.corrupt, received.keyframes,
+                received.first_packet, received.first_keyframe,
+                received.latency_quantile_us(0.5), received.latency_quantile_us(0.99),
             );
             assert_eq!(received.corrupt, 0, "{name} got corrupt packets of {id}");
+            assert!(received.lost() * 20 <= received.packets, "{name} lost over 5 % of {id}");
+            assert_eq!(received.stream_id.as_deref(), Some(id.owner()), "{id} is not in its publisher's stream");
         }
     });
 }
@@ -52,26 +103,227 @@ fn saw_peer_left(state: &PeerState, peer: &PeerId) -> bool {
         .any(|event| matches!(event, ServerEvent::PeerLeft(left) if &left.peer_id == peer))
 }
 
+fn sent(publisher: &SyntheticPeer, track: &TrackId) -> u64 {
+    publisher.state(|state| state.published[track].packets.load(Ordering::Relaxed))
+}
+
 #[tokio::test]
 async fn two_peers_receive_each_others_audio_and_video() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let ann = SyntheticPeer::join(&server.socket_url(), "pair", PeerOptions::publishing("Ann")).await?;
-    let bob = SyntheticPeer::join(&server.socket_url(), "pair", PeerOptions::publishing("Bob")).await?;
-    ann.wait_until("Ann's tracks", MEDIA_TIMEOUT, |state| state.published.len() == 2).await?;
-    bob.wait_until("Bob's tracks", MEDIA_TIMEOUT, |state| state.published.len() == 2).await?;
+    let ann = join(&server, "pair", PeerOptions::publishing("Ann")).await?;
+    let bob = join(&server, "pair", PeerOptions::publishing("Bob")).await?;
     let (ann_tracks, bob_tracks) = (published(&ann), published(&bob));
 
-    // One second of media each way: 50 audio packets, 30 video frames.
-    ann.wait_until("Bob's media at Ann", MEDIA_TIMEOUT, |state| received_enough(state, &bob_tracks, 50, 30)).await?;
-    bob.wait_until("Ann's media at Bob", MEDIA_TIMEOUT, |state| received_enough(state, &ann_tracks, 50, 30)).await?;
-    report("Ann", &ann, &bob_tracks);
-    report("Bob", &bob, &ann_tracks);
+    // Two seconds of media each way.
+    wait_for_media(&ann, &bob_tracks, (2 * ONE_SECOND.0, 2 * ONE_SECOND.1)).await?;
+    wait_for_media(&bob, &ann_tracks, (2 * ONE_SECOND.0, 2 * ONE_SECOND.1)).await?;
+    check_received("Ann", &ann, &bob_tracks);
+    check_received("Bob", &bob, &ann_tracks);
     for (publisher, tracks) in [(&ann, &ann_tracks), (&bob, &bob_tracks)] {
         for id in tracks {
-            let sent = publisher.state(|state| state.published[id].packets.load(std::sync::atomic::Ordering::Relaxed));
-            println!("{id}: {sent} packets sent");
+            println!("{id}: {} packets sent", sent(publisher, id));
         }
     }
+    // Each receives exactly the other's tracks, nothing of its own.
+    assert_eq!(
+        ann.state(|state| state.received.keys().cloned().collect::<Vec<_>>()),
+        bob_tracks
+    );
+    assert_eq!(
+        bob.state(|state| state.received.keys().cloned().collect::<Vec<_>>()),
+        ann_tracks
+    );
+    ann.leave().await;
+    bob.leave().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_late_joiner_gets_everyone_and_a_keyframe_at_once() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    // Keyframes only every minute: a late joiner gets one quickly only if its keyframe
+    // request reaches the publisher through the server.
+    let rare_keyframes = |name| PeerOptions {
+        keyframe_interval: Duration::from_secs(60),
+        ..PeerOptions::publishing(name)
+    };
+    let ann = join(&server, "late", rare_keyframes("Ann")).await?;
+    let bob = join(&server, "late", rare_keyframes("Bob")).await?;
+    let (ann_tracks, bob_tracks) = (published(&ann), published(&bob));
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+    wait_for_media(&bob, &ann_tracks, ONE_SECOND).await?;
+
+    let joined = Instant::now();
+    let carol = join(&server, "late", PeerOptions::publishing("Carol")).await?;
+    let accepted = carol.state(|state| {
+        state.events.iter().find_map(|event| match event {
+            ServerEvent::PeerAccepted(accepted) => Some(accepted.clone()),
+            _ => None,
+        })
+    });
+    let accepted = accepted.expect("peerAccepted came first");
+    let listed: BTreeMap<PeerId, Vec<TrackId>> = accepted
+        .peers_in_room
+        .iter()
+        .map(|peer| {
+            (
+                peer.id.clone(),
+                peer.track_id_to_metadata.keys().cloned().collect(),
+            )
+        })
+        .collect();
+    let expected = BTreeMap::from([
+        (ann.id().unwrap(), ann_tracks.clone()),
+        (bob.id().unwrap(), bob_tracks.clone()),
+    ]);
+    assert_eq!(
+        listed, expected,
+        "peerAccepted lists both peers with their tracks"
+    );
+
+    let others: Vec<TrackId> = ann_tracks.iter().chain(&bob_tracks).cloned().collect();
+    wait_for_media(&carol, &others, ONE_SECOND).await?;
+    check_received("Carol", &carol, &others);
+    for video in others
+        .iter()
+        .filter(|id| carol.state(|state| state.received[*id].kind == Some(RtpCodecKind::Video)))
+    {
+        let first_keyframe = carol.state(|state| state.received[video].first_keyframe);
+        println!(
+            "Carol: first keyframe of {video} {:?} after joining",
+            first_keyframe
+        );
+        assert!(
+            first_keyframe.is_some(),
+            "no keyframe of {video} in a second of video"
+        );
+    }
+    println!(
+        "Carol: joined to media of 4 tracks in {:?}",
+        joined.elapsed()
+    );
+
+    // The others renegotiate and receive Carol's tracks too.
+    let carol_tracks = published(&carol);
+    wait_for_media(&ann, &carol_tracks, ONE_SECOND).await?;
+    wait_for_media(&bob, &carol_tracks, ONE_SECOND).await?;
+    check_received("Ann", &ann, &carol_tracks);
+    check_received("Bob", &bob, &carol_tracks);
+    for peer in [ann, bob, carol] {
+        peer.leave().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn leaving_or_vanishing_peers_are_gone_for_the_others_and_the_room_closes(
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let ann = join(&server, "leaving", PeerOptions::publishing("Ann")).await?;
+    let bob = join(&server, "leaving", PeerOptions::publishing("Bob")).await?;
+    let carol = join(&server, "leaving", PeerOptions::publishing("Carol")).await?;
+    let (bob_tracks, carol_tracks) = (published(&bob), published(&carol));
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+    wait_for_media(&ann, &carol_tracks, ONE_SECOND).await?;
+    assert_eq!(server.counts().await?.peer_connections, 3);
+
+    // Carol says goodbye.
+    let carol_id = carol.id().unwrap();
+    carol.leave().await;
+    ann.wait_until("peerLeft for Carol", TIMEOUT, |state| {
+        saw_peer_left(state, &carol_id)
+    })
+    .await?;
+    bob.wait_until("peerLeft for Carol", TIMEOUT, |state| {
+        saw_peer_left(state, &carol_id)
+    })
+    .await?;
+    // Her tracks stop while Bob's go on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_leave = packet_counts(&ann, &carol_tracks);
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+    assert_eq!(
+        packet_counts(&ann, &carol_tracks),
+        after_leave,
+        "Carol's media still arrives"
+    );
+
+    // Bob's socket and connection vanish without a word.
+    let bob_id = bob.id().unwrap();
+    let vanished = Instant::now();
+    bob.vanish();
+    ann.wait_until("peerLeft for Bob", Duration::from_secs(2), |state| {
+        saw_peer_left(state, &bob_id)
+    })
+    .await?;
+    println!("Ann heard that Bob vanished after {:?}", vanished.elapsed());
+
+    ann.leave().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts = server.counts().await?;
+        if counts.rooms == 0 && counts.peers == 0 && counts.peer_connections == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the room outlived its peers: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_offer_removes_only_its_sender() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let ann = join(&server, "bad-offer", PeerOptions::publishing("Ann")).await?;
+    let bob = join(&server, "bad-offer", PeerOptions::publishing("Bob")).await?;
+    let bob_tracks = published(&bob);
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+
+    let bad_offers = [
+        ("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n", "sendrecv"),
+        ("v=0\r\nthis is not SDP", "offer"),
+    ];
+    for (sdp, complaint) in bad_offers {
+        let mallory = join(&server, "bad-offer", PeerOptions::receive_only("Mallory")).await?;
+        let mallory_id = mallory.id().unwrap();
+        mallory.push(ClientEvent::SdpOffer(SdpOffer {
+            sdp_offer: SessionDescription {
+                sdp_type: SdpType::Offer,
+                sdp: sdp.to_owned(),
+            },
+            track_id_to_track_metadata: BTreeMap::new(),
+            mid_to_track_id: BTreeMap::new(),
+        }));
+        // (An error ends the peer's session, and waiting checks the condition before that.)
+        mallory
+            .wait_until("an error event", TIMEOUT, |state| {
+                state
+                    .events
+                    .iter()
+                    .any(|event| matches!(event, ServerEvent::Error(_)))
+            })
+            .await?;
+        let message = mallory.state(|state| {
+            state.events.iter().find_map(|event| match event {
+                ServerEvent::Error(error) => Some(error.message.clone()),
+                _ => None,
+            })
+        });
+        let message = message.expect("an error event");
+        println!("Mallory was told: {message}");
+        assert!(message.contains(complaint), "unclear error: {message}");
+        ann.wait_until("peerLeft for Mallory", TIMEOUT, |state| {
+            saw_peer_left(state, &mallory_id)
+        })
+        .await?;
+        mallory.vanish();
+    }
+    // Ann still gets Bob's media.
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+    check_received("Ann", &ann, &bob_tracks);
     ann.leave().await;
     bob.leave().await;
     Ok(())
