@@ -631,9 +631,11 @@ fn published_tracks(
         let mid = section.mid.clone().unwrap_or_else(|| index.to_string());
         match section.direction {
             Direction::RecvOnly | Direction::Inactive => continue,
-            Direction::SendRecv => return Err(PeerFault::BadOffer(format!(
+            Direction::SendRecv => {
+                return Err(PeerFault::BadOffer(format!(
                 "m-line {mid} is sendrecv: offer your tracks sendonly and receiving slots recvonly"
-            ))),
+            )))
+            }
             Direction::SendOnly => {}
         }
         let track_id = offer.mid_to_track_id.get(&mid).ok_or_else(|| {

@@ -18,6 +18,8 @@ use crate::room::{RoomHandle, RoomMessage};
 
 /// Phoenix drops a socket after 60 s without a message; clients heartbeat every 30 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Pushes from rooms waiting to be written; a room drops a peer whose socket is this far behind.
 const OUTBOX_CAPACITY: usize = 512;
 /// Frames a client may send in a burst, and per second after it.
@@ -34,7 +36,6 @@ impl Outbox {
     pub fn push(&self, peer: &PeerId, event: ServerEvent) -> bool {
         self.0.try_send((peer.clone(), event)).is_ok()
     }
-
 }
 
 /// A joined topic: one peer of one room.
@@ -113,6 +114,16 @@ pub async fn serve(ws: WebSocket, rooms: Registry) {
             reason: Utf8Bytes::from_static(close.reason),
         };
         let _ = socket.sink.send(Message::Close(Some(frame))).await;
+        // Read on until the client answers the close (or a moment passes): dropping a socket
+        // with unread data resets it, and the client would never see the close frame.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     for (_, channel) in socket.channels.drain() {
         channel.leave_room().await;

@@ -88,8 +88,11 @@ type WireFrame = (
 impl Frame {
     pub fn decode(text: &str) -> Result<Frame, DecodeError> {
         DecodeError::check_size(text, MAX_MESSAGE_LEN)?;
-        let (join_ref, msg_ref, topic, event, payload): WireFrame =
+        // Parse first, so malformed JSON is reported as such and not as a frame of the wrong shape.
+        let value: Value =
             serde_json::from_str(text).map_err(|err| DecodeError::from_json("frame", err))?;
+        let (join_ref, msg_ref, topic, event, payload): WireFrame =
+            serde_json::from_value(value).map_err(|err| DecodeError::from_json("frame", err))?;
         Ok(Frame {
             join_ref,
             msg_ref,

@@ -13,7 +13,7 @@ use shared::phoenix::{ReplyStatus, PHOENIX_TOPIC};
 use shared::server_event::PeerAccepted;
 use shared::{ClientEvent, Frame, Metadata, PhoenixEvent, ServerEvent};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
@@ -68,7 +68,10 @@ impl PhoenixClient {
 
     /// Sends any WebSocket message, e.g. text that is no frame at all, or a binary message.
     pub async fn send_message(&mut self, message: Message) -> anyhow::Result<()> {
-        self.ws.send(message).await.context("cannot send on the socket")
+        self.ws
+            .send(message)
+            .await
+            .context("cannot send on the socket")
     }
 
     /// The next frame, failing after [`RECV_TIMEOUT`] or if the socket closes.
@@ -89,12 +92,21 @@ impl PhoenixClient {
         }
     }
 
-    /// Fails if any frame arrives within `wait` (or is already waiting to be read).
+    /// Fails if any frame arrives within `wait` (or is already waiting to be read), but for
+    /// `ok` replies to this client's media pushes, which the server may send at any time.
     pub async fn expect_silence(&mut self, wait: Duration) -> anyhow::Result<()> {
-        match self.recv_within(wait).await? {
-            None => Ok(()),
-            Some(frame) => bail!("expected no frame, got {}", frame.encode()),
+        let deadline = Instant::now() + wait;
+        while let Some(frame) = self
+            .recv_within(deadline.saturating_duration_since(Instant::now()))
+            .await?
+        {
+            ensure!(
+                self.acknowledges_media_push(&frame),
+                "expected no frame, got {}",
+                frame.encode()
+            );
         }
+        Ok(())
     }
 
     /// Waits for the server to close the socket, passing over any frames before its close
@@ -133,12 +145,9 @@ impl PhoenixClient {
                 self.pending.push_back(frame);
             }
         };
-        timeout(RECV_TIMEOUT, reply).await.map_err(|_| {
-            anyhow!(
-                "no reply to {} within {RECV_TIMEOUT:?}",
-                request.encode()
-            )
-        })?
+        timeout(RECV_TIMEOUT, reply)
+            .await
+            .map_err(|_| anyhow!("no reply to {} within {RECV_TIMEOUT:?}", request.encode()))?
     }
 
     /// Sends a heartbeat and checks that the reply is `ok`: the socket is alive and served.
@@ -181,6 +190,23 @@ impl PhoenixClient {
             topic: topic.to_owned(),
             join_ref,
         })
+    }
+
+    /// Closes the socket.
+    pub async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Sends a heartbeat without waiting for its reply, as phoenix.js does on its timer.
+    pub async fn send_heartbeat(&mut self) -> anyhow::Result<()> {
+        let heartbeat = Frame::request(
+            None,
+            self.next_ref(),
+            PHOENIX_TOPIC,
+            PhoenixEvent::Heartbeat,
+            json!({}),
+        );
+        self.send(&heartbeat).await
     }
 
     /// Pushes a media event on `channel` and returns the push's ref.
@@ -282,9 +308,10 @@ impl PhoenixClient {
                 .is_ok_and(|reply| reply.status == ReplyStatus::Ok)
     }
 
-    /// Reads the next frame from the socket itself, with no deadline. A text message that is
-    /// not a frame is an error: the server must only send frames.
-    async fn read_frame(&mut self) -> anyhow::Result<Frame> {
+    /// Reads the next frame from the socket itself, with no deadline (queued frames aside). A
+    /// text message that is not a frame is an error: the server must only send frames. Safe to
+    /// cancel, so a long-running client can wait on it among other things.
+    pub async fn read_frame(&mut self) -> anyhow::Result<Frame> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => {

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -27,14 +25,13 @@ use rtc::rtp_transceiver::{
 use serde_json::json;
 use shared::client_event::{ClientCandidate, Join, SdpOffer, SdpType, SessionDescription};
 use shared::metadata::{peer_metadata, track_metadata, TrackType};
-use shared::phoenix::{ReplyStatus, PHOENIX_TOPIC};
+use shared::phoenix::ReplyStatus;
 use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
-use tokio::net::TcpStream;
+
+use crate::phoenix::{Channel, PhoenixClient};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -42,8 +39,6 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, SettingEngineBuilder,
 };
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What a synthetic peer publishes, and how.
 #[derive(Debug, Clone)]
@@ -166,34 +161,13 @@ impl SyntheticPeer {
         room: &str,
         options: PeerOptions,
     ) -> anyhow::Result<SyntheticPeer> {
-        let (socket, _) = tokio_tungstenite::connect_async(socket_url)
-            .await
-            .context("cannot open the socket")?;
-        let (mut sink, mut stream) = socket.split();
-        let topic = RoomId::new(room)?.topic();
-        let join_ref = "1".to_owned();
-        let join = Frame::request(
-            Some(join_ref.clone()),
-            join_ref.clone(),
-            &topic,
-            PhoenixEvent::Join,
-            json!({}),
-        );
-        send(&mut sink, &join).await?;
-        let reply = next_frame(&mut stream).await?;
-        if reply.event != PhoenixEvent::Reply || reply.as_reply()?.status != ReplyStatus::Ok {
-            bail!("channel join refused: {}", reply.encode());
-        }
+        let mut socket = PhoenixClient::connect(socket_url).await?;
+        let channel = socket.join(&RoomId::new(room)?.topic()).await?;
         let join_event = ClientEvent::Join(Join {
             metadata: peer_metadata(&options.display_name),
         });
-        let channel = Channel {
-            topic,
-            join_ref,
-            next_ref: 2,
-        };
         let mut client = Client {
-            sink,
+            socket,
             channel,
             options,
             state: Arc::default(),
@@ -206,7 +180,7 @@ impl SyntheticPeer {
         client.push(join_event).await?;
         let state = client.state.clone();
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(client.run(stream, command_rx));
+        let task = tokio::spawn(client.run(command_rx));
         Ok(SyntheticPeer {
             state,
             commands,
@@ -262,13 +236,6 @@ impl SyntheticPeer {
     }
 }
 
-/// The joined channel: topic, join_ref, and the ref counter for pushes.
-struct Channel {
-    topic: String,
-    join_ref: String,
-    next_ref: u64,
-}
-
 /// One of our published tracks.
 struct LocalTrack {
     id: TrackId,
@@ -306,7 +273,7 @@ impl PeerConnectionEventHandler for Handler {
 
 /// The peer's task: the socket, the peer connection and the media it sends.
 struct Client {
-    sink: SplitSink<Socket, Message>,
+    socket: PhoenixClient,
     channel: Channel,
     options: PeerOptions,
     state: Arc<Mutex<PeerState>>,
@@ -325,11 +292,7 @@ impl Client {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn run(
-        mut self,
-        mut stream: SplitStream<Socket>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         let outcome: anyhow::Result<()> = async {
             loop {
@@ -340,20 +303,17 @@ impl Client {
                     }
                 };
                 tokio::select! {
-                    frame = next_frame(&mut stream) => self.on_frame(frame?).await?,
+                    frame = self.socket.read_frame() => self.on_frame(frame?).await?,
                     Some(happening) = happening => self.on_happening(happening).await?,
                     command = commands.recv() => match command {
                         Some(Command::Push(event)) => self.push(event).await?,
                         Some(Command::Leave) | None => {
                             self.push(ClientEvent::Leave).await?;
-                            let _ = self.sink.close().await;
+                            self.socket.close().await;
                             return Ok(());
                         }
                     },
-                    _ = heartbeat.tick() => {
-                        let beat = Frame::request(None, self.next_ref(), PHOENIX_TOPIC, PhoenixEvent::Heartbeat, json!({}));
-                        send(&mut self.sink, &beat).await?;
-                    }
+                    _ = heartbeat.tick() => self.socket.send_heartbeat().await?,
                 }
             }
         }
@@ -369,19 +329,8 @@ impl Client {
         }
     }
 
-    fn next_ref(&mut self) -> String {
-        self.channel.next_ref += 1;
-        self.channel.next_ref.to_string()
-    }
-
     async fn push(&mut self, event: ClientEvent) -> anyhow::Result<()> {
-        let frame = Frame::media_event(
-            Some(self.channel.join_ref.clone()),
-            Some(self.next_ref()),
-            &self.channel.topic,
-            event.encode(),
-        );
-        send(&mut self.sink, &frame).await
+        self.socket.push(&self.channel, &event).await.map(drop)
     }
 
     async fn on_frame(&mut self, frame: Frame) -> anyhow::Result<()> {
@@ -886,25 +835,6 @@ async fn receive_track(
                 }
             }
             _ => {}
-        }
-    }
-}
-
-async fn send(sink: &mut SplitSink<Socket, Message>, frame: &Frame) -> anyhow::Result<()> {
-    sink.send(Message::text(frame.encode()))
-        .await
-        .context("the socket closed")
-}
-
-/// The next Phoenix frame from the socket (skipping pings).
-async fn next_frame(stream: &mut SplitStream<Socket>) -> anyhow::Result<Frame> {
-    loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(Frame::decode(&text)?),
-            Some(Ok(Message::Close(close))) => bail!("the server closed the socket: {close:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => return Err(err).context("socket error"),
-            None => bail!("the socket ended"),
         }
     }
 }

@@ -1,0 +1,532 @@
+//! The signaling socket on a real WebSocket: Phoenix Channels V2 framing (heartbeats, joins,
+//! leaves, replies, pushes), the media `join` and the peer announcements, and how the server
+//! answers bad, oversized, binary and flooding input (docs/protocol.md, sections 1 and 2).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+use e2e::phoenix::{Channel, PhoenixClient};
+use e2e::TestServer;
+use serde_json::{json, Value};
+use shared::client_event::{Join, UpdatePeerMetadata};
+use shared::phoenix::ReplyStatus;
+use shared::server_event::{PeerInfo, PeerJoined, PeerLeft, PeerWithTracks};
+use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, ServerEvent, MAX_MESSAGE_LEN};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long a socket must stay quiet to count as undisturbed: pushes on loopback arrive within
+/// milliseconds, so anything the server meant to send would have come by then.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A frame written out as it goes on the wire.
+fn frame(text: &str) -> Frame {
+    Frame::decode(text).unwrap_or_else(|err| panic!("bad frame in the test {text}: {err}"))
+}
+
+fn metadata_of(name: &str) -> Value {
+    json!({ "displayName": name })
+}
+
+/// A `mediaEvent` frame from the client carrying `data` as is, valid or not.
+fn raw_media_event(channel: &Channel, msg_ref: &str, data: &str) -> Frame {
+    Frame::media_event(
+        Some(channel.join_ref.clone()),
+        Some(msg_ref.to_owned()),
+        &channel.topic,
+        data.to_owned(),
+    )
+}
+
+/// The reason of an error `phx_reply`; fails on anything else.
+fn error_reason(reply: &Frame) -> anyhow::Result<String> {
+    ensure!(
+        reply.event == PhoenixEvent::Reply,
+        "expected a reply, got {}",
+        reply.encode()
+    );
+    let payload = reply.as_reply()?;
+    ensure!(
+        payload.status == ReplyStatus::Error,
+        "expected an error reply, got {}",
+        reply.encode()
+    );
+    match payload.response.get("reason") {
+        Some(Value::String(reason)) => Ok(reason.clone()),
+        _ => bail!("error reply without a reason: {}", reply.encode()),
+    }
+}
+
+/// Checks that `frame` is a server push on `channel`: `ref` null, the channel's current join_ref.
+fn assert_push_on(frame: &Frame, channel: &Channel) {
+    assert_eq!(frame.event, PhoenixEvent::MediaEvent, "{}", frame.encode());
+    assert_eq!(frame.topic, channel.topic, "{}", frame.encode());
+    assert_eq!(frame.msg_ref, None, "{}", frame.encode());
+    assert_eq!(
+        frame.join_ref.as_deref(),
+        Some(channel.join_ref.as_str()),
+        "{}",
+        frame.encode()
+    );
+}
+
+/// Polls `/stats` until it shows `rooms` rooms and `peers` peers: rooms close in their own
+/// task, a moment after their last peer left.
+async fn wait_for_counts(server: &TestServer, rooms: usize, peers: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let counts = server.counts().await?;
+        if counts.rooms == rooms && counts.peers == peers {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("/stats still shows {counts:?}, expected {rooms} rooms and {peers} peers");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A peer in `room`: a socket with the topic joined and the media `join` accepted.
+async fn peer_in_room(
+    server: &TestServer,
+    room: &str,
+    name: &str,
+) -> anyhow::Result<(PhoenixClient, Channel, PeerId)> {
+    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+    let channel = client.join(&format!("room:{room}")).await?;
+    let accepted = client.join_room(&channel, metadata_of(name)).await?;
+    Ok((client, channel, accepted.id))
+}
+
+#[tokio::test]
+async fn heartbeat_gets_an_ok_reply() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+
+    client
+        .send_message(Message::text(r#"[null,"1","phoenix","heartbeat",{}]"#))
+        .await?;
+    let reply = client.recv().await?;
+    assert_eq!(
+        reply,
+        frame(r#"[null,"1","phoenix","phx_reply",{"status":"ok","response":{}}]"#)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn joined_peers_are_accepted_and_announced_to_each_other() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut ann = PhoenixClient::connect(&server.socket_url()).await?;
+
+    ann.send(&frame(r#"["7","7","room:r1","phx_join",{}]"#))
+        .await?;
+    assert_eq!(
+        ann.recv().await?,
+        frame(r#"["7","7","room:r1","phx_reply",{"status":"ok","response":{}}]"#)
+    );
+    let ann_channel = Channel {
+        topic: "room:r1".to_owned(),
+        join_ref: "7".to_owned(),
+    };
+
+    let join = ClientEvent::Join(Join {
+        metadata: metadata_of("Ann"),
+    });
+    ann.push(&ann_channel, &join).await?;
+    let (accepted_frame, accepted) = ann.next_media_event().await?;
+    assert_push_on(&accepted_frame, &ann_channel);
+    let ServerEvent::PeerAccepted(accepted) = accepted else {
+        bail!("expected `peerAccepted`, got {}", accepted_frame.encode());
+    };
+    let ann_id = accepted.id;
+    let uuid = uuid::Uuid::parse_str(ann_id.as_str())?;
+    assert_eq!(uuid.get_version(), Some(uuid::Version::Random), "{ann_id}");
+    assert_eq!(accepted.peers_in_room, vec![]);
+
+    let (joined_frame, joined) = ann.next_media_event().await?;
+    assert_push_on(&joined_frame, &ann_channel);
+    assert_eq!(
+        joined,
+        ServerEvent::PeerJoined(PeerJoined {
+            peer: PeerInfo {
+                id: ann_id.clone(),
+                metadata: metadata_of("Ann"),
+            }
+        })
+    );
+
+    // A second socket in the same room is told about Ann, and Ann about it.
+    let mut bob = PhoenixClient::connect(&server.socket_url()).await?;
+    let bob_channel = bob.join("room:r1").await?;
+    bob.push(
+        &bob_channel,
+        &ClientEvent::Join(Join {
+            metadata: metadata_of("Bob"),
+        }),
+    )
+    .await?;
+    let (accepted_frame, accepted) = bob.next_media_event().await?;
+    assert_push_on(&accepted_frame, &bob_channel);
+    let ServerEvent::PeerAccepted(accepted) = accepted else {
+        bail!("expected `peerAccepted`, got {}", accepted_frame.encode());
+    };
+    let bob_id = accepted.id;
+    assert_ne!(bob_id, ann_id);
+    assert_eq!(
+        accepted.peers_in_room,
+        vec![PeerWithTracks {
+            id: ann_id.clone(),
+            metadata: metadata_of("Ann"),
+            track_id_to_metadata: Default::default(),
+        }]
+    );
+    let bob_joined = ServerEvent::PeerJoined(PeerJoined {
+        peer: PeerInfo {
+            id: bob_id.clone(),
+            metadata: metadata_of("Bob"),
+        },
+    });
+    let (joined_frame, joined) = bob.next_media_event().await?;
+    assert_push_on(&joined_frame, &bob_channel);
+    assert_eq!(joined, bob_joined);
+
+    let (joined_frame, joined) = ann.next_media_event().await?;
+    assert_push_on(&joined_frame, &ann_channel);
+    assert_eq!(joined, bob_joined);
+    ann.expect_silence(QUIET).await?;
+    bob.expect_silence(QUIET).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn frames_for_topics_not_joined_or_not_rooms_are_refused() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+
+    let leave = ClientEvent::Leave.encode();
+    let never_joined = Channel {
+        topic: "room:never".to_owned(),
+        join_ref: "1".to_owned(),
+    };
+    client
+        .send(&raw_media_event(&never_joined, "2", &leave))
+        .await?;
+    assert_eq!(
+        client.recv().await?,
+        frame(
+            r#"["1","2","room:never","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
+        )
+    );
+
+    client
+        .send(&frame(r#"["3","3","lobby:x","phx_join",{}]"#))
+        .await?;
+    assert_eq!(
+        client.recv().await?,
+        frame(
+            r#"["3","3","lobby:x","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
+        )
+    );
+
+    client
+        .send(&frame(r#"["4","4","room:bad name!","phx_join",{}]"#))
+        .await?;
+    let reply = client.recv().await?;
+    assert_eq!(
+        (reply.join_ref.as_deref(), reply.msg_ref.as_deref()),
+        (Some("4"), Some("4")),
+        "{}",
+        reply.encode()
+    );
+    assert_eq!(reply.topic, "room:bad name!");
+    let reason = error_reason(&reply)?;
+    assert!(
+        reason.contains("room name must be") && reason.contains("letters, digits"),
+        "the reason does not state the room name rule: {reason}"
+    );
+
+    // Refused joins leave nothing behind: a media event on the bad topic is still unmatched.
+    let bad_room = Channel {
+        topic: "room:bad name!".to_owned(),
+        join_ref: "4".to_owned(),
+    };
+    client
+        .send(&raw_media_event(&bad_room, "5", &leave))
+        .await?;
+    assert_eq!(error_reason(&client.recv().await?)?, "unmatched topic");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_join_of_a_topic_closes_the_first() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (mut ann, first_channel, first_id) = peer_in_room(&server, "dup", "Ann").await?;
+    let (mut bob, _, bob_id) = peer_in_room(&server, "dup", "Bob").await?;
+    let (_, joined) = ann.wait_for("peerJoined").await?;
+    assert!(
+        matches!(&joined, ServerEvent::PeerJoined(joined) if joined.peer.id == bob_id),
+        "{joined:?}"
+    );
+
+    let rejoin_ref = ann.next_ref();
+    let rejoin = Frame::request(
+        Some(rejoin_ref.clone()),
+        rejoin_ref,
+        "room:dup",
+        PhoenixEvent::Join,
+        json!({}),
+    );
+    ann.send(&rejoin).await?;
+    // The old channel is closed with its own join_ref in both slots, before the new join's reply.
+    let old_ref = &first_channel.join_ref;
+    assert_eq!(
+        ann.recv().await?,
+        frame(&format!(
+            r#"["{old_ref}","{old_ref}","room:dup","phx_close",{{}}]"#
+        ))
+    );
+    assert_eq!(ann.recv().await?, rejoin.reply_ok());
+
+    let (left_frame, left) = bob.next_media_event().await?;
+    assert_eq!(
+        left,
+        ServerEvent::PeerLeft(PeerLeft {
+            peer_id: first_id.clone()
+        }),
+        "{}",
+        left_frame.encode()
+    );
+    wait_for_counts(&server, 1, 1).await?;
+    ann.expect_silence(QUIET).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn leaving_a_topic_closes_it_and_the_empty_room_goes_away() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (mut ann, channel, _) = peer_in_room(&server, "leave", "Ann").await?;
+    wait_for_counts(&server, 1, 1).await?;
+
+    let leave_ref = ann.next_ref();
+    let leave = Frame::request(
+        Some(channel.join_ref.clone()),
+        leave_ref,
+        &channel.topic,
+        PhoenixEvent::Leave,
+        json!({}),
+    );
+    ann.send(&leave).await?;
+    assert_eq!(ann.recv().await?, leave.reply_ok());
+    let join_ref = &channel.join_ref;
+    assert_eq!(
+        ann.recv().await?,
+        frame(&format!(
+            r#"["{join_ref}","{join_ref}","room:leave","phx_close",{{}}]"#
+        ))
+    );
+
+    // Leaving a topic that is not joined is still ok, and closes nothing.
+    ann.send(&frame(r#"[null,"40","room:elsewhere","phx_leave",{}]"#))
+        .await?;
+    assert_eq!(
+        ann.recv().await?,
+        frame(r#"[null,"40","room:elsewhere","phx_reply",{"status":"ok","response":{}}]"#)
+    );
+    ann.expect_silence(QUIET).await?;
+
+    wait_for_counts(&server, 0, 0).await?;
+    ann.heartbeat().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_reply_and_disturbs_no_one() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (mut bob, _, _) = peer_in_room(&server, "bad", "Bob").await?;
+    let mut ann = PhoenixClient::connect(&server.socket_url()).await?;
+    let channel = ann.join("room:bad").await?;
+
+    // A media event before the media `join` is refused with the request's refs.
+    let update = ClientEvent::UpdatePeerMetadata(UpdatePeerMetadata {
+        metadata: metadata_of("Ann"),
+    });
+    let early_ref = ann.next_ref();
+    let early = raw_media_event(&channel, &early_ref, &update.encode());
+    let reply = ann.request(&early).await?;
+    let reason = error_reason(&reply)?;
+    assert!(
+        reason.contains("updatePeerMetadata") && reason.contains("before `join`"),
+        "{reason}"
+    );
+    assert_eq!(
+        (&reply.join_ref, &reply.msg_ref),
+        (&early.join_ref, &early.msg_ref)
+    );
+
+    let accepted = ann.join_room(&channel, metadata_of("Ann")).await?;
+    let (_, joined) = bob.next_media_event().await?;
+    assert!(
+        matches!(&joined, ServerEvent::PeerJoined(joined) if joined.peer.id == accepted.id),
+        "{joined:?}"
+    );
+
+    // Every reason is checked, and the wrong ones reported together at the end, so that one
+    // unclear message does not hide how the server handles the other inputs.
+    let mut unclear_reasons = Vec::new();
+
+    // Text that is no frame has no ref to echo: the error comes on the `phoenix` topic.
+    let not_frames = [
+        ("not json", "malformed JSON"),
+        ("{not json", "malformed JSON"),
+        (r#"[null,"1","phoenix","heartbeat",{}"#, "malformed JSON"),
+        (r#"["1","2","room:bad","phx_join"]"#, "tuple of size 5"),
+        (r#"{"topic":"room:bad"}"#, "tuple of size 5"),
+    ];
+    for (text, expected) in not_frames {
+        ann.send_message(Message::text(text)).await?;
+        let reply = ann.recv().await?;
+        assert_eq!(reply.topic, "phoenix", "{}", reply.encode());
+        let reason = error_reason(&reply)?;
+        if !reason.contains(expected) {
+            unclear_reasons.push(format!("{text} got {}", reply.encode()));
+        }
+        ann.heartbeat().await?;
+    }
+
+    // Media events that do not decode are refused with the request's refs.
+    let bad_events = [
+        (
+            r#"{"type":"frobnicate","data":{}}"#,
+            "unknown event type `frobnicate`",
+        ),
+        (
+            r#"{"type":"updatePeerMetadata","data":{}}"#,
+            "`updatePeerMetadata` is missing field `metadata`",
+        ),
+        (
+            r#"{"type":"custom","data":{"type":"candidate","data":{"sdpMLineIndex":0}}}"#,
+            "`candidate` is missing field `candidate`",
+        ),
+    ];
+    for (data, expected) in bad_events {
+        let msg_ref = ann.next_ref();
+        let request = raw_media_event(&channel, &msg_ref, data);
+        let reply = ann.request(&request).await?;
+        assert_eq!(
+            (&reply.join_ref, &reply.msg_ref),
+            (&request.join_ref, &request.msg_ref)
+        );
+        let reason = error_reason(&reply)?;
+        if !reason.contains(expected) {
+            unclear_reasons.push(format!("{} got {}", request.encode(), reply.encode()));
+        }
+        ann.heartbeat().await?;
+    }
+
+    // Nothing reached Bob: no error, no `peerLeft` for Ann, and his socket still answers.
+    bob.expect_silence(QUIET).await?;
+    bob.heartbeat().await?;
+    // Ann is still in the room.
+    wait_for_counts(&server, 1, 2).await?;
+    ann.expect_silence(QUIET).await?;
+    assert!(
+        unclear_reasons.is_empty(),
+        "error replies that do not say what was wrong:\n{}",
+        unclear_reasons.join("\n")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_binary_message_closes_the_socket_with_1003() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+    client.heartbeat().await?;
+
+    client
+        .send_message(Message::binary(vec![0x5b, 0x5d]))
+        .await?;
+    let close = client.expect_close().await?;
+    assert_eq!(close.code, CloseCode::Unsupported, "{close:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_gets_a_too_large_error() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+
+    // A well-formed heartbeat, padded to half as much again as the limit.
+    let padding = "x".repeat(MAX_MESSAGE_LEN / 2 * 3);
+    let oversized = Frame::request(
+        None,
+        "1".to_owned(),
+        "phoenix",
+        PhoenixEvent::Heartbeat,
+        json!({ "padding": padding }),
+    );
+    let text = oversized.encode();
+    assert!(MAX_MESSAGE_LEN < text.len() && text.len() < 2 * MAX_MESSAGE_LEN);
+    client.send_message(Message::text(text)).await?;
+    let reply = client.recv().await?;
+    let reason = error_reason(&reply)?;
+    assert!(
+        reason.contains("exceeds the limit") && reason.contains(&MAX_MESSAGE_LEN.to_string()),
+        "{reason}"
+    );
+    client.heartbeat().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_socket_leaves_its_room() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (ann, _, ann_id) = peer_in_room(&server, "drop", "Ann").await?;
+    let (mut bob, bob_channel, _) = peer_in_room(&server, "drop", "Bob").await?;
+    wait_for_counts(&server, 1, 2).await?;
+
+    // Gone without a leave or a close frame, as when a browser tab is killed.
+    drop(ann);
+    let (left_frame, left) = bob.next_media_event().await?;
+    assert_push_on(&left_frame, &bob_channel);
+    assert_eq!(left, ServerEvent::PeerLeft(PeerLeft { peer_id: ann_id }));
+    wait_for_counts(&server, 1, 1).await?;
+
+    let leave_ref = bob.next_ref();
+    let leave = Frame::request(
+        Some(bob_channel.join_ref.clone()),
+        leave_ref,
+        &bob_channel.topic,
+        PhoenixEvent::Leave,
+        json!({}),
+    );
+    assert_eq!(bob.request(&leave).await?, leave.reply_ok());
+    wait_for_counts(&server, 0, 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flooding_socket_is_closed_and_others_keep_working() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut flooder = PhoenixClient::connect(&server.socket_url()).await?;
+    let (mut bystander, _, _) = peer_in_room(&server, "flood", "Bob").await?;
+
+    const HEARTBEATS: usize = 1000;
+    for _ in 0..HEARTBEATS {
+        let msg_ref = flooder.next_ref();
+        let heartbeat =
+            Frame::request(None, msg_ref, "phoenix", PhoenixEvent::Heartbeat, json!({}));
+        // The server may close the socket before the flood is over: stop sending then.
+        if flooder.send(&heartbeat).await.is_err() {
+            break;
+        }
+    }
+    let close = flooder.expect_close().await?;
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert_eq!(close.reason.as_str(), "too many messages");
+
+    bystander.heartbeat().await?;
+    bystander.expect_silence(QUIET).await?;
+    Ok(())
+}
