@@ -530,3 +530,34 @@ async fn a_flooding_socket_is_closed_and_others_keep_working() -> anyhow::Result
     bystander.expect_silence(QUIET).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn frames_of_an_earlier_join_do_not_touch_the_current_one() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (mut ann, old_channel, _) = peer_in_room(&server, "stale", "Ann").await?;
+    // Joining again closes the old channel.
+    let new_channel = ann.join("room:stale").await?;
+    assert_eq!(
+        ann.recv().await?,
+        Frame::close(&old_channel.join_ref, "room:stale")
+    );
+    // A media event still carrying the old join_ref is for a channel that is gone.
+    let leave = ClientEvent::Leave.encode();
+    let stale_push = raw_media_event(&old_channel, &ann.next_ref(), &leave);
+    ann.send(&stale_push).await?;
+    assert_eq!(error_reason(&ann.recv().await?)?, "unmatched topic");
+    // A leave with the old join_ref is answered but leaves the current channel open.
+    let stale_leave = Frame::request(
+        Some(old_channel.join_ref.clone()),
+        ann.next_ref(),
+        "room:stale",
+        PhoenixEvent::Leave,
+        json!({}),
+    );
+    assert_eq!(ann.request(&stale_leave).await?, stale_leave.reply_ok());
+    ann.expect_silence(QUIET).await?;
+    // The current channel works: its media join is accepted.
+    let accepted = ann.join_room(&new_channel, metadata_of("Ann")).await?;
+    assert!(accepted.peers_in_room.is_empty(), "{accepted:?}");
+    Ok(())
+}
