@@ -1,9 +1,15 @@
-//! videoroom's web client. UI lives in function components under `pages/`; the app routes
-//! between the home page (pick a room and a name) and a room page.
+//! videoroom's web client. UI lives in function components (`pages/`, `components/`); the
+//! browser glue in its own modules: `media` (camera and microphone), `signaling` (the Phoenix
+//! socket), `rtc` (the call over `RTCPeerConnection`), with `room_state` between them and the UI.
 
 mod app;
+mod components;
+mod media;
 mod pages;
 mod profile;
+mod room_state;
+mod rtc;
+mod signaling;
 
 fn main() {
     yew::Renderer::<app::App>::new().render();

@@ -1,5 +1,7 @@
 //! What the browser remembers between visits: the last room and display name (localStorage).
 
+use std::cell::Cell;
+
 use gloo::storage::{LocalStorage, Storage};
 
 const ROOM_KEY: &str = "videoroom.room";
@@ -27,4 +29,18 @@ pub fn validate_display_name(name: &str) -> Result<&str, &'static str> {
         1..=40 => Ok(name),
         _ => Err("A display name has at most 40 characters."),
     }
+}
+
+thread_local! {
+    /// Set by the home page's Join: the room page then starts the call at once.
+    static JOIN_INTENT: Cell<bool> = const { Cell::new(false) };
+}
+
+pub fn intend_to_join() {
+    JOIN_INTENT.with(|intent| intent.set(true));
+}
+
+/// Whether the person just clicked Join on the home page (asked once).
+pub fn take_join_intent() -> bool {
+    JOIN_INTENT.with(|intent| intent.replace(false))
 }

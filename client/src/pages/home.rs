@@ -30,6 +30,7 @@ pub fn home() -> Html {
                 Err(message) => return error.set(Some(message.to_owned())),
             };
             profile::remember(room_id.as_str(), display_name);
+            profile::intend_to_join();
             if let Some(navigator) = &navigator {
                 navigator.push(&Route::Room {
                     name: room_id.as_str().to_owned(),

@@ -1,9 +1,16 @@
-//! The room page. Joining the call is not built yet, and the page says so.
+//! The room page: asks for a display name when there is none yet, then runs the call and shows
+//! its tiles, participants, controls, and anything that went wrong.
 
+use shared::metadata::TrackType;
+use shared::RoomId;
 use yew::prelude::*;
 use yew_router::prelude::*;
 
 use crate::app::Route;
+use crate::components::Tile;
+use crate::profile;
+use crate::room_state::{RoomState, Status};
+use crate::rtc::Session;
 
 #[derive(Properties, PartialEq)]
 pub struct RoomProps {
@@ -12,13 +19,175 @@ pub struct RoomProps {
 
 #[function_component(Room)]
 pub fn room(props: &RoomProps) -> Html {
+    let room_id = match RoomId::new(props.name.clone()) {
+        Ok(room_id) => room_id,
+        Err(err) => {
+            return html! {
+                <main class="room" data-status="failed">
+                    <h1 id="room-title">{ "No such room" }</h1>
+                    <p class="error-banner" role="alert">{ format!("“{}” is not a room name: {err}.", props.name) }</p>
+                    <Link<Route> to={Route::Home}>{ "Back home" }</Link<Route>>
+                </main>
+            };
+        }
+    };
+    // Coming from the home page, the name is chosen; a shared link asks for it (and the click
+    // lets the browser play the others' sound).
+    let display_name = use_state(|| {
+        profile::take_join_intent()
+            .then(profile::display_name)
+            .filter(|name| !name.is_empty())
+    });
+    match (*display_name).clone() {
+        Some(name) => html! { <Call room={room_id} display_name={name} /> },
+        None => {
+            let on_join = Callback::from(move |name: String| display_name.set(Some(name)));
+            html! { <NameForm room={room_id} {on_join} /> }
+        }
+    }
+}
+
+#[derive(Properties, PartialEq)]
+struct NameFormProps {
+    room: RoomId,
+    on_join: Callback<String>,
+}
+
+#[function_component(NameForm)]
+fn name_form(props: &NameFormProps) -> Html {
+    let name = use_state(profile::display_name);
+    let error = use_state(|| None::<&'static str>);
+    let on_input = {
+        let name = name.clone();
+        Callback::from(move |event: InputEvent| {
+            name.set(
+                event
+                    .target_unchecked_into::<web_sys::HtmlInputElement>()
+                    .value(),
+            );
+        })
+    };
+    let on_submit = {
+        let (name, error, on_join, room) = (
+            name.clone(),
+            error.clone(),
+            props.on_join.clone(),
+            props.room.clone(),
+        );
+        Callback::from(move |event: SubmitEvent| {
+            event.prevent_default();
+            match profile::validate_display_name(&name) {
+                Ok(valid) => {
+                    profile::remember(room.as_str(), valid);
+                    on_join.emit(valid.to_owned());
+                }
+                Err(message) => error.set(Some(message)),
+            }
+        })
+    };
     html! {
-        <main class="room">
-            <h1 id="room-title">{ format!("Room {}", props.name) }</h1>
-            <p class="notice" role="status">
-                { "Calls are not available yet: this build of videoroom serves the pages only." }
-            </p>
-            <Link<Route> to={Route::Home}>{ "Back home" }</Link<Route>>
+        <main class="home">
+            <h1 id="room-title">{ format!("Room {}", props.room) }</h1>
+            <form id="name-form" onsubmit={on_submit}>
+                <label for="display-name">{ "Your name" }</label>
+                <input id="display-name" value={(*name).clone()} oninput={on_input} placeholder="Ann" autocomplete="name" />
+                if let Some(message) = *error {
+                    <p class="error" role="alert">{ message }</p>
+                }
+                <button id="join" type="submit">{ "Join" }</button>
+            </form>
+        </main>
+    }
+}
+
+#[derive(Properties, PartialEq)]
+struct CallProps {
+    room: RoomId,
+    display_name: String,
+}
+
+#[function_component(Call)]
+fn call(props: &CallProps) -> Html {
+    let state = use_reducer(RoomState::default);
+    let session = use_mut_ref(|| None::<Session>);
+    {
+        let (session, dispatcher) = (session.clone(), state.dispatcher());
+        use_effect_with(
+            (props.room.clone(), props.display_name.clone()),
+            move |(room, name)| {
+                let dispatch = Callback::from(move |action| dispatcher.dispatch(action));
+                *session.borrow_mut() = Some(Session::start(room.clone(), name.clone(), dispatch));
+                move || {
+                    if let Some(session) = session.borrow_mut().take() {
+                        session.leave();
+                    }
+                }
+            },
+        );
+    }
+    let navigator = use_navigator();
+    let toggle = |track_type: TrackType, on: bool| {
+        let session = session.clone();
+        Callback::from(move |_: MouseEvent| {
+            if let Some(session) = &*session.borrow() {
+                session.set_enabled(track_type, on);
+            }
+        })
+    };
+    let on_disconnect = {
+        let session = session.clone();
+        Callback::from(move |_: MouseEvent| {
+            if let Some(session) = session.borrow_mut().take() {
+                session.leave();
+            }
+            if let Some(navigator) = &navigator {
+                navigator.push(&Route::Home);
+            }
+        })
+    };
+
+    let me = state
+        .me
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let status_text = match state.status {
+        Status::Connecting => "Connecting…",
+        Status::Joined => "Connected",
+        Status::Disconnected => "Disconnected",
+        Status::Failed => "Connection failed",
+    };
+    html! {
+        <main class="room" data-status={state.status.as_str()}>
+            <header>
+                <h1 id="room-title">{ format!("Room {}", props.room) }</h1>
+                <span class={classes!("status", state.status.as_str())}>{ status_text }</span>
+            </header>
+            { for state.problems.iter().map(|problem| html! { <p class="error-banner" role="alert">{ problem }</p> }) }
+            <section class="tiles" data-count={(state.peers.len() + 1).to_string()}>
+                <Tile peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
+                    local=true mic_muted={!state.mic_on} camera_off={!state.camera_on} />
+                { for state.peers.iter().map(|(id, peer)| html! {
+                    <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
+                        mic_muted={peer.mic_muted()} camera_off={peer.camera_off()} />
+                }) }
+            </section>
+            <aside>
+                <h2>{ format!("Participants ({})", state.peers.len() + 1) }</h2>
+                <ul id="participants">
+                    <li data-peer-id={me}>{ format!("{} (you)", props.display_name) }</li>
+                    { for state.peers.iter().map(|(id, peer)| html! { <li key={id.to_string()} data-peer-id={id.to_string()}>{ peer.name() }</li> }) }
+                </ul>
+            </aside>
+            <nav class="controls">
+                <button id="toggle-mic" disabled={!state.has_mic} onclick={toggle(TrackType::Audio, !state.mic_on)}>
+                    { if state.mic_on { "Mute" } else { "Unmute" } }
+                </button>
+                <button id="toggle-camera" disabled={!state.has_camera} onclick={toggle(TrackType::Camera, !state.camera_on)}>
+                    { if state.camera_on { "Camera off" } else { "Camera on" } }
+                </button>
+                <button id="disconnect" class="leave" onclick={on_disconnect}>{ "Disconnect" }</button>
+            </nav>
         </main>
     }
 }

@@ -1,0 +1,5 @@
+//! Pieces of the room page.
+
+mod tile;
+
+pub use tile::Tile;

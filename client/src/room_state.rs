@@ -1,0 +1,267 @@
+//! What the room page shows, as one value changed only by [`RoomAction`]s (a reducer): the
+//! connection's status, who is here, their tracks and streams, and what went wrong.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use shared::metadata::{display_name, track_active, track_type, TrackType};
+use shared::{Metadata, PeerId, TrackId};
+use web_sys::MediaStream;
+use yew::Reducible;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Status {
+    #[default]
+    Connecting,
+    Joined,
+    Disconnected,
+    Failed,
+}
+
+impl Status {
+    /// The page's `data-status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Connecting => "connecting",
+            Status::Joined => "joined",
+            Status::Disconnected => "disconnected",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemotePeer {
+    pub metadata: Metadata,
+    pub tracks: BTreeMap<TrackId, Metadata>,
+    /// The peer's audio and video, in one stream (the server puts them in one msid).
+    pub stream: Option<MediaStream>,
+}
+
+impl RemotePeer {
+    pub fn name(&self) -> String {
+        display_name(&self.metadata).unwrap_or("Guest").to_owned()
+    }
+
+    fn track_of(&self, kinds: &[TrackType]) -> Option<&Metadata> {
+        self.tracks
+            .values()
+            .find(|metadata| track_type(metadata).is_some_and(|kind| kinds.contains(&kind)))
+    }
+
+    /// Muted: its microphone track is off, or it has none.
+    pub fn mic_muted(&self) -> bool {
+        self.track_of(&[TrackType::Audio])
+            .is_none_or(|metadata| !track_active(metadata))
+    }
+
+    /// Camera off: its video track is off, or it has none.
+    pub fn camera_off(&self) -> bool {
+        self.track_of(&[TrackType::Camera, TrackType::Screensharing])
+            .is_none_or(|metadata| !track_active(metadata))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoomState {
+    pub status: Status,
+    pub me: Option<PeerId>,
+    pub local_stream: Option<MediaStream>,
+    pub has_mic: bool,
+    pub has_camera: bool,
+    pub mic_on: bool,
+    pub camera_on: bool,
+    pub peers: BTreeMap<PeerId, RemotePeer>,
+    /// Messages for the person, newest last.
+    pub problems: Vec<String>,
+}
+
+pub enum RoomAction {
+    LocalMedia {
+        stream: Option<MediaStream>,
+        has_mic: bool,
+        has_camera: bool,
+    },
+    Joined {
+        me: PeerId,
+        peers: Vec<(PeerId, Metadata, BTreeMap<TrackId, Metadata>)>,
+    },
+    PeerJoined(PeerId, Metadata),
+    PeerLeft(PeerId),
+    PeerUpdated(PeerId, Metadata),
+    /// The peer's complete set of tracks.
+    TracksAdded(PeerId, BTreeMap<TrackId, Metadata>),
+    TracksRemoved(PeerId, Vec<TrackId>),
+    TrackUpdated(PeerId, TrackId, Metadata),
+    Stream(PeerId, MediaStream),
+    Mic(bool),
+    Camera(bool),
+    Problem(String),
+    /// The connection ended: `Failed` with a reason, or `Disconnected`.
+    Ended(Status, Option<String>),
+}
+
+impl Reducible for RoomState {
+    type Action = RoomAction;
+
+    fn reduce(self: Rc<Self>, action: RoomAction) -> Rc<Self> {
+        let mut state = (*self).clone();
+        match action {
+            RoomAction::LocalMedia {
+                stream,
+                has_mic,
+                has_camera,
+            } => {
+                state.local_stream = stream;
+                (state.has_mic, state.has_camera) = (has_mic, has_camera);
+                (state.mic_on, state.camera_on) = (has_mic, has_camera);
+            }
+            RoomAction::Joined { me, peers } => {
+                state.status = Status::Joined;
+                state.me = Some(me);
+                for (id, metadata, tracks) in peers {
+                    state.peers.insert(
+                        id,
+                        RemotePeer {
+                            metadata,
+                            tracks,
+                            stream: None,
+                        },
+                    );
+                }
+            }
+            RoomAction::PeerJoined(id, metadata) => {
+                if state.me.as_ref() != Some(&id) {
+                    state.peers.entry(id).or_default().metadata = metadata;
+                }
+            }
+            RoomAction::PeerLeft(id) => {
+                state.peers.remove(&id);
+            }
+            RoomAction::PeerUpdated(id, metadata) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.metadata = metadata;
+                }
+            }
+            RoomAction::TracksAdded(id, tracks) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.tracks = tracks;
+                }
+            }
+            RoomAction::TracksRemoved(id, track_ids) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.tracks
+                        .retain(|track_id, _| !track_ids.contains(track_id));
+                }
+            }
+            RoomAction::TrackUpdated(id, track_id, metadata) => {
+                if let Some(track) = state
+                    .peers
+                    .get_mut(&id)
+                    .and_then(|peer| peer.tracks.get_mut(&track_id))
+                {
+                    *track = metadata;
+                }
+            }
+            RoomAction::Stream(id, stream) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.stream = Some(stream);
+                }
+            }
+            RoomAction::Mic(on) => state.mic_on = on,
+            RoomAction::Camera(on) => state.camera_on = on,
+            RoomAction::Problem(problem) => state.problems.push(problem),
+            RoomAction::Ended(status, reason) => {
+                if !matches!(state.status, Status::Disconnected | Status::Failed) {
+                    state.status = status;
+                    state.problems.extend(reason);
+                }
+            }
+        }
+        Rc::new(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn peer(n: u128) -> PeerId {
+        PeerId::from(uuid::Uuid::from_u128(n))
+    }
+
+    fn track(owner: &PeerId, n: u128) -> TrackId {
+        TrackId::new(owner, uuid::Uuid::from_u128(n))
+    }
+
+    fn reduce(state: Rc<RoomState>, action: RoomAction) -> Rc<RoomState> {
+        state.reduce(action)
+    }
+
+    #[test]
+    fn peers_come_and_go_and_their_tracks_say_muted_or_not() {
+        let (me, ann) = (peer(1), peer(2));
+        let (mic, camera) = (track(&ann, 10), track(&ann, 11));
+        let mut state = Rc::new(RoomState::default());
+        state = reduce(
+            state,
+            RoomAction::Joined {
+                me: me.clone(),
+                peers: vec![],
+            },
+        );
+        assert_eq!(state.status, Status::Joined);
+        // Our own peerJoined is not a remote peer.
+        state = reduce(
+            state,
+            RoomAction::PeerJoined(me.clone(), json!({"displayName": "Me"})),
+        );
+        state = reduce(
+            state,
+            RoomAction::PeerJoined(ann.clone(), json!({"displayName": "Ann"})),
+        );
+        assert_eq!(state.peers.len(), 1);
+        assert_eq!(state.peers[&ann].name(), "Ann");
+        assert!(
+            state.peers[&ann].mic_muted() && state.peers[&ann].camera_off(),
+            "no tracks yet"
+        );
+
+        let tracks = BTreeMap::from([
+            (mic.clone(), json!({"type": "audio", "active": true})),
+            (camera.clone(), json!({"type": "camera", "active": true})),
+        ]);
+        state = reduce(state, RoomAction::TracksAdded(ann.clone(), tracks));
+        assert!(!state.peers[&ann].mic_muted() && !state.peers[&ann].camera_off());
+        state = reduce(
+            state,
+            RoomAction::TrackUpdated(
+                ann.clone(),
+                mic.clone(),
+                json!({"type": "audio", "active": false}),
+            ),
+        );
+        assert!(state.peers[&ann].mic_muted() && !state.peers[&ann].camera_off());
+        state = reduce(state, RoomAction::TracksRemoved(ann.clone(), vec![camera]));
+        assert!(state.peers[&ann].camera_off());
+        state = reduce(state, RoomAction::PeerLeft(ann.clone()));
+        assert!(state.peers.is_empty());
+    }
+
+    #[test]
+    fn the_first_ending_wins() {
+        let mut state = Rc::new(RoomState::default());
+        state = reduce(
+            state,
+            RoomAction::Ended(Status::Failed, Some("boom".to_owned())),
+        );
+        state = reduce(
+            state,
+            RoomAction::Ended(Status::Disconnected, Some("closed".to_owned())),
+        );
+        assert_eq!(state.status, Status::Failed);
+        assert_eq!(state.problems, ["boom"]);
+    }
+}
