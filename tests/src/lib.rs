@@ -2,8 +2,11 @@
 //! `trunk build` put in `dist/`, and headless Chromium with a fake camera and microphone, driven
 //! over WebDriver by chromedriver.
 //!
-//! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly.
+//! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly,
+//! [`synthetic`] a WebRTC peer that publishes and counts media, and [`load`] runs many of those
+//! for the benchmark (`src/bin/loadgen.rs`).
 
+pub mod load;
 pub mod phoenix;
 pub mod synthetic;
 

@@ -1,0 +1,260 @@
+//! `loadgen`: drives a videoroom server with synthetic peers over the real protocol and prints
+//! what it forwarded and at what cost. By default it starts the release server binary beside
+//! itself on a free port, so the server's CPU and memory can be read from /proc.
+//!
+//! `cargo build --release -p server -p e2e && target/release/loadgen --scenario all`
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use e2e::load::{self, Figures, Load};
+use e2e::synthetic::PeerOptions;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// ROOMS rooms of PEERS peers, everyone publishing audio and video.
+    Meeting,
+    /// One publisher, SUBSCRIBERS receivers.
+    Broadcast,
+    /// One publisher; receivers added RAMP_STEP at a time until loss > 1 % or p99 > 100 ms.
+    Ramp,
+    /// All three, one after the other.
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator and benchmark for the videoroom server")]
+struct Args {
+    #[arg(long, value_enum, default_value = "meeting")]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 2)]
+    rooms: usize,
+    #[arg(long, default_value_t = 4)]
+    peers: usize,
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Seconds of measurement per scenario (per step for the ramp).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long, default_value_t = 5)]
+    ramp_step: usize,
+    #[arg(long, default_value_t = 100)]
+    ramp_max: usize,
+    /// A running server's socket URL (ws://host:port/socket/websocket?vsn=2.0.0) instead of
+    /// starting one; give --server-pid too for its CPU and memory.
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server binary to start (default: `videoroom` beside this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Also write the figures here, as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A server this run started, stopped when dropped.
+struct SpawnedServer {
+    _child: Child,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (socket_url, server_pid, _spawned) = match &args.server {
+        Some(url) => (url.clone(), args.server_pid, None),
+        None => {
+            let (url, pid, spawned) = spawn_server(args.server_bin.clone()).await?;
+            (url, Some(pid), Some(spawned))
+        }
+    };
+    let scenarios = match args.scenario {
+        Scenario::All => vec![Scenario::Meeting, Scenario::Broadcast, Scenario::Ramp],
+        one => vec![one],
+    };
+    let window = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    for scenario in scenarios {
+        let figures = match scenario {
+            Scenario::Meeting => {
+                vec![meeting(&socket_url, server_pid, args.rooms, args.peers, window).await?]
+            }
+            Scenario::Broadcast => {
+                vec![broadcast(&socket_url, server_pid, args.subscribers, window).await?]
+            }
+            Scenario::Ramp => {
+                ramp(
+                    &socket_url,
+                    server_pid,
+                    args.ramp_step,
+                    args.ramp_max,
+                    window,
+                )
+                .await?
+            }
+            Scenario::All => unreachable!("expanded above"),
+        };
+        println!("{}", load::table(&figures));
+        rows.extend(figures);
+    }
+    println!("== all figures ==\n{}", load::table(&rows));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn meeting(
+    socket_url: &str,
+    server_pid: Option<u32>,
+    rooms: usize,
+    peers: usize,
+    window: Duration,
+) -> anyhow::Result<Figures> {
+    eprintln!("meeting: {rooms} rooms × {peers} peers, all publishing");
+    let mut load = Load::new(server_pid);
+    let mut room_of = Vec::new();
+    for room in 0..rooms {
+        for index in 0..peers {
+            let name = format!("room{room}-peer{index}");
+            load.join(
+                socket_url,
+                &format!("meeting-{room}"),
+                load::publisher(&name),
+                index > 0,
+            )
+            .await?;
+            room_of.push(room);
+        }
+    }
+    load.wait_until_flowing(&room_of, Duration::from_secs(60))
+        .await?;
+    let figures = load
+        .measure(&format!("meeting {rooms}×{peers}"), window)
+        .await;
+    load.leave().await;
+    Ok(figures)
+}
+
+/// One publisher and `subscribers` receivers in one room.
+async fn broadcast(
+    socket_url: &str,
+    server_pid: Option<u32>,
+    subscribers: usize,
+    window: Duration,
+) -> anyhow::Result<Figures> {
+    eprintln!("broadcast: 1 publisher → {subscribers} subscribers");
+    let mut load = Load::new(server_pid);
+    load.join(socket_url, "broadcast", load::publisher("publisher"), false)
+        .await?;
+    for index in 0..subscribers {
+        load.join(
+            socket_url,
+            "broadcast",
+            PeerOptions::receive_only(&format!("viewer{index}")),
+            true,
+        )
+        .await?;
+    }
+    load.wait_until_flowing(&vec![0; subscribers + 1], Duration::from_secs(60))
+        .await?;
+    let figures = load
+        .measure(&format!("broadcast 1→{subscribers}"), window)
+        .await;
+    load.leave().await;
+    Ok(figures)
+}
+
+/// Adds receivers `step` at a time until loss passes 1 % or p99 latency 100 ms, or `max`.
+async fn ramp(
+    socket_url: &str,
+    server_pid: Option<u32>,
+    step: usize,
+    max: usize,
+    window: Duration,
+) -> anyhow::Result<Vec<Figures>> {
+    eprintln!("ramp: 1 publisher, +{step} subscribers per step up to {max}");
+    let mut load = Load::new(server_pid);
+    load.join(socket_url, "ramp", load::publisher("publisher"), false)
+        .await?;
+    let mut rows = Vec::new();
+    let mut subscribers = 0;
+    while subscribers < max {
+        for _ in 0..step.min(max - subscribers) {
+            subscribers += 1;
+            load.join(
+                socket_url,
+                "ramp",
+                PeerOptions::receive_only(&format!("viewer{subscribers}")),
+                true,
+            )
+            .await?;
+        }
+        load.wait_until_flowing(&vec![0; subscribers + 1], Duration::from_secs(60))
+            .await?;
+        let figures = load.measure(&format!("ramp 1→{subscribers}"), window).await;
+        let broke = figures.loss_percent > 1.0 || figures.latency_p99_us > 100_000;
+        rows.push(figures);
+        if broke {
+            eprintln!("ramp: broke at {subscribers} subscribers (loss > 1 % or p99 > 100 ms)");
+            break;
+        }
+    }
+    if rows
+        .last()
+        .is_some_and(|row| row.loss_percent <= 1.0 && row.latency_p99_us <= 100_000)
+    {
+        eprintln!("ramp: held up to {subscribers} subscribers");
+    }
+    load.leave().await;
+    Ok(rows)
+}
+
+async fn spawn_server(binary: Option<PathBuf>) -> anyhow::Result<(String, u32, SpawnedServer)> {
+    let binary = match binary {
+        Some(binary) => binary,
+        None => std::env::current_exe()?.with_file_name("videoroom"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "no server binary at {} (cargo build --release -p server)",
+            binary.display()
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(&binary)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--log",
+            "error",
+            "--max-peers-per-room",
+            "100000",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let pid = child.id().context("the server exited at once")?;
+    let health = format!("http://127.0.0.1:{port}/health");
+    for _ in 0..100 {
+        if reqwest::get(&health)
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            let url = format!("ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0");
+            eprintln!("started {} (pid {pid}) on port {port}", binary.display());
+            return Ok((url, pid, SpawnedServer { _child: child }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not answer on {health}")
+}
