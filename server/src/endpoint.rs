@@ -26,16 +26,16 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCIceCandidateType, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
 
 use crate::forward::{Codec, DownTrack, Fanout};
 use crate::room::{RoomHandle, RoomMessage};
 use crate::sdp::MediaKind;
-use crate::{webrtc_setup, Config};
+use crate::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
+use crate::Config;
 
 /// How the server's peer connections are set up.
 pub struct RtcSettings {
@@ -159,53 +159,14 @@ impl EndpointHandle {
     }
 }
 
-/// What the connection's callbacks report to the endpoint task.
-enum Happening {
-    LocalCandidate(String),
-    Track(Arc<dyn TrackRemote>),
-    Connected,
-    Failed,
-}
-
-struct Handler {
-    happenings: mpsc::UnboundedSender<Happening>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            let _ = self
-                .happenings
-                .send(Happening::LocalCandidate(init.candidate));
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let happening = match state {
-            RTCPeerConnectionState::Connected => Happening::Connected,
-            RTCPeerConnectionState::Failed => Happening::Failed,
-            _ => return,
-        };
-        let _ = self.happenings.send(happening);
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        // This runs on the connection's driver: hand the track over, never read it here.
-        let _ = self.happenings.send(Happening::Track(track));
-    }
-}
-
 async fn run(
     peer_id: PeerId,
     settings: Arc<RtcSettings>,
     room: RoomHandle,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let (happenings_tx, mut happenings) = mpsc::unbounded_channel();
-    let handler = Arc::new(Handler {
-        happenings: happenings_tx,
-    });
+    let (events, mut connection_events) = mpsc::unbounded_channel();
+    let handler = Arc::new(EventsToChannel(events));
     let pc = match connect(&settings, handler).await {
         Ok(pc) => pc,
         Err(reason) => {
@@ -238,7 +199,7 @@ async fn run(
                 }
                 Some(Command::RemoteCandidate(candidate)) => endpoint.add_remote_candidate(candidate).await,
             },
-            Some(happening) = happenings.recv() => endpoint.on_happening(happening).await,
+            Some(event) = connection_events.recv() => endpoint.on_connection_event(event).await,
         }
     }
     endpoint.close().await;
@@ -479,16 +440,16 @@ impl Endpoint {
         }
     }
 
-    async fn on_happening(&mut self, happening: Happening) {
-        match happening {
-            Happening::LocalCandidate(candidate) => {
+    async fn on_connection_event(&mut self, event: ConnectionEvent) {
+        match event {
+            ConnectionEvent::LocalCandidate(candidate) => {
                 self.local_candidates.push(candidate.clone());
                 // Before the first answer, candidates wait: they would reach the client first.
                 if self.answered {
                     self.report(EndpointEvent::Candidate(candidate)).await;
                 }
             }
-            Happening::Track(track) => {
+            ConnectionEvent::Track(track) => {
                 let reader = read_published_track(
                     track,
                     self.pc.clone(),
@@ -497,18 +458,19 @@ impl Endpoint {
                 );
                 self.readers.push(tokio::spawn(reader));
             }
-            Happening::Connected => {
+            ConnectionEvent::State(RTCPeerConnectionState::Connected) => {
                 // Keyframes sent before the media path was up were lost: ask again.
                 for subscribed in self.subscriptions.values() {
                     subscribed.fanout.request_keyframe();
                 }
             }
-            Happening::Failed => {
+            ConnectionEvent::State(RTCPeerConnectionState::Failed) => {
                 self.report(EndpointEvent::Failed(
                     "the media connection failed (ICE or DTLS)".to_owned(),
                 ))
                 .await;
             }
+            ConnectionEvent::State(_) => {}
         }
     }
 
@@ -616,7 +578,7 @@ async fn relay_keyframe_requests(down_track: Arc<DownTrack>, fanout: Arc<Fanout>
 
 async fn connect(
     settings: &RtcSettings,
-    handler: Arc<Handler>,
+    handler: Arc<EventsToChannel>,
 ) -> Result<Arc<dyn PeerConnection>, String> {
     let (media, interceptors) =
         webrtc_setup::media_and_interceptors().map_err(|err| format!("codec setup: {err}"))?;

@@ -1,7 +1,9 @@
 //! How every peer connection of videoroom is set up, the server's and the synthetic test and
-//! load peers' alike: the codecs, and the interceptors that bring keyframe requests to the app.
+//! load peers' alike: the codecs, the interceptors that bring keyframe requests to the app, and
+//! the handler that turns the connection's callbacks into messages for the task that owns it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rtc::interceptor::{
     Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
@@ -15,7 +17,42 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
-use webrtc::peer_connection::{register_default_interceptors, MediaEngine, Registry};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnectionEventHandler,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
+};
+
+/// What a peer connection reports to its owner.
+pub enum ConnectionEvent {
+    /// A local ICE candidate, as `candidate:…`.
+    LocalCandidate(String),
+    /// A remote track started (its first packet arrived).
+    Track(Arc<dyn TrackRemote>),
+    State(RTCPeerConnectionState),
+}
+
+/// Sends the connection's events to a channel. The callbacks run on the connection's driver
+/// task, so they only hand over; the owner's task does the work.
+pub struct EventsToChannel(pub mpsc::UnboundedSender<ConnectionEvent>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for EventsToChannel {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.0.send(ConnectionEvent::LocalCandidate(init.candidate));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.0.send(ConnectionEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.0.send(ConnectionEvent::Track(track));
+    }
+}
 
 /// The codecs and interceptors for one peer connection.
 pub fn media_and_interceptors() -> webrtc::error::Result<(MediaEngine, Registry)> {

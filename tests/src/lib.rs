@@ -104,11 +104,26 @@ impl Drop for TestServer {
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// chromedriver's port, for the commands fantoccini does not have.
+    driver_port: u16,
+}
+
+/// How [`Browser::launch_with`] sets Chromium up; the default is [`Browser::launch`]'s.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchOptions {
+    /// Camera and microphone refused: no `--use-fake-ui-for-media-stream`, prompts denied, and
+    /// both blocked in the profile, so `getUserMedia` fails with `NotAllowedError`.
+    pub deny_media: bool,
 }
 
 impl Browser {
     /// Launches Chromium with a fake camera and microphone that it may use without asking.
     pub async fn launch() -> anyhow::Result<Browser> {
+        Self::launch_with(LaunchOptions::default()).await
+    }
+
+    /// Launches Chromium as `options` say (see [`LaunchOptions`]).
+    pub async fn launch_with(options: LaunchOptions) -> anyhow::Result<Browser> {
         let port = free_port()?;
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -117,8 +132,12 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start chromedriver (scripts/test.sh installs it)")?;
-        let client = connect(port).await?;
-        Ok(Browser { client, driver })
+        let client = connect(port, chrome_capabilities(&options)).await?;
+        Ok(Browser {
+            client,
+            driver,
+            driver_port: port,
+        })
     }
 
     /// Waits for the element matching `css` to appear, and returns its text.
@@ -172,6 +191,139 @@ impl Browser {
         }
     }
 
+    /// Runs `script` as the body of a function in the page and returns what it returns; a
+    /// returned promise is awaited (`return pc.getStats().then(...)`). `arguments[0]`... are
+    /// `args`.
+    pub async fn eval(&self, script: &str, args: Vec<Value>) -> anyhow::Result<Value> {
+        self.client
+            .execute(script, args)
+            .await
+            .with_context(|| format!("the page failed to run `{}`", one_line(script)))
+    }
+
+    /// Evaluates the expression `condition` every 50 ms until it is truthy, and returns its value.
+    /// Fails after `timeout`, telling what was awaited (`what`) and the last value seen.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        condition: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let script = format!("return ({condition});");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.eval(&script, vec![]).await?;
+            if truthy(&value) {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                bail!("{what}: not so after {timeout:?} (`{condition}` was {value})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> anyhow::Result<usize> {
+        Ok(self.client.find_all(Locator::Css(css)).await?.len())
+    }
+
+    /// Waits until some element matches `css` (`present`) or none does (`!present`).
+    pub async fn wait_for_presence(
+        &self,
+        css: &str,
+        present: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if (self.count(css).await? > 0) == present {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let state = if present { "did not appear" } else { "stayed" };
+                bail!("`{css}` {state} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves a PNG of the page to `path`.
+    pub async fn screenshot(&self, path: &str) -> anyhow::Result<()> {
+        let png = self.client.screenshot().await?;
+        std::fs::write(path, png).with_context(|| format!("cannot write {path}"))?;
+        Ok(())
+    }
+
+    /// The page's console messages since the last call (chromedriver's `browser` log), one a
+    /// line as `LEVEL message`.
+    pub async fn console_log(&self) -> anyhow::Result<Vec<String>> {
+        let session = self
+            .client
+            .session_id()
+            .await?
+            .context("the browser has no session")?;
+        let url = format!(
+            "http://127.0.0.1:{}/session/{session}/se/log",
+            self.driver_port
+        );
+        let body = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"type":"browser"}"#)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let reply: Value = serde_json::from_str(&body)?;
+        let entries = reply["value"].as_array().cloned().unwrap_or_default();
+        Ok(entries
+            .iter()
+            .map(|entry| {
+                format!(
+                    "{} {}",
+                    entry["level"].as_str().unwrap_or("?"),
+                    entry["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect())
+    }
+
+    /// For a failed test: saves a screenshot to `/tmp/<label>.png` and prints the page's URL,
+    /// console and room markup. Never fails; what it cannot get it says so.
+    pub async fn dump(&self, label: &str) {
+        let path = format!("/tmp/{label}.png");
+        match self.screenshot(&path).await {
+            Ok(()) => eprintln!("[{label}] screenshot: {path}"),
+            Err(err) => eprintln!("[{label}] no screenshot: {err:#}"),
+        }
+        match self.client.current_url().await {
+            Ok(url) => eprintln!("[{label}] url: {url}"),
+            Err(err) => eprintln!("[{label}] no url: {err:#}"),
+        }
+        match self.console_log().await {
+            Ok(lines) => {
+                eprintln!("[{label}] console ({} lines):", lines.len());
+                for line in lines.iter().rev().take(40).rev() {
+                    eprintln!("[{label}]   {line}");
+                }
+            }
+            Err(err) => eprintln!("[{label}] no console: {err:#}"),
+        }
+        let markup = self
+            .eval(
+                "const main = document.querySelector('main'); return main ? main.outerHTML : document.body.outerHTML;",
+                vec![],
+            )
+            .await;
+        match markup {
+            Ok(Value::String(html)) => eprintln!("[{label}] markup: {html}"),
+            Ok(other) => eprintln!("[{label}] markup: {other}"),
+            Err(err) => eprintln!("[{label}] no markup: {err:#}"),
+        }
+    }
+
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.client.close().await?;
         let _ = self.driver.kill().await;
@@ -179,9 +331,10 @@ impl Browser {
     }
 }
 
-/// The Chromium flags known to work headless on these machines (docs/toolchain.md).
-fn chrome_capabilities() -> Map<String, Value> {
-    let args = [
+/// The Chromium flags known to work headless on these machines (docs/toolchain.md), adjusted
+/// to `options`.
+fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
+    let mut args = vec![
         "--headless=new",
         "--no-sandbox",
         "--disable-gpu",
@@ -196,9 +349,22 @@ fn chrome_capabilities() -> Map<String, Value> {
         "--no-first-run",
         "--window-size=1280,800",
     ];
+    let mut chrome_options = json!({ "binary": "/usr/bin/chromium" });
+    if options.deny_media {
+        args.retain(|arg| *arg != "--use-fake-ui-for-media-stream");
+        args.push("--deny-permission-prompts");
+        // 2 = block, for every site.
+        chrome_options["prefs"] = json!({
+            "profile.default_content_setting_values.media_stream_camera": 2,
+            "profile.default_content_setting_values.media_stream_mic": 2,
+        });
+    }
+    chrome_options["args"] = json!(args);
     let capabilities = json!({
         "browserName": "chrome",
-        "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
+        "goog:chromeOptions": chrome_options,
+        // Keeps the page's console for `Browser::console_log`.
+        "goog:loggingPrefs": { "browser": "ALL" },
     });
     match capabilities {
         Value::Object(map) => map,
@@ -207,11 +373,11 @@ fn chrome_capabilities() -> Map<String, Value> {
 }
 
 /// Connects to chromedriver on `port`, retrying while it starts up.
-async fn connect(port: u16) -> anyhow::Result<Client> {
+async fn connect(port: u16, capabilities: Map<String, Value>) -> anyhow::Result<Client> {
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut builder = ClientBuilder::new(HttpConnector::new());
-    builder.capabilities(chrome_capabilities());
+    builder.capabilities(capabilities);
     loop {
         match builder.connect(&url).await {
             Ok(client) => return Ok(client),
@@ -220,6 +386,26 @@ async fn connect(port: u16) -> anyhow::Result<Client> {
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// JavaScript's truthiness, for values that came back over WebDriver.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// A script shortened to one line, for error messages.
+fn one_line(script: &str) -> String {
+    let line = script.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
     }
 }
 

@@ -29,6 +29,8 @@ use shared::phoenix::ReplyStatus;
 use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
+use server::webrtc_setup::{ConnectionEvent, EventsToChannel};
+
 use crate::phoenix::{Channel, PhoenixClient};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -36,8 +38,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// What a synthetic peer publishes, and how.
@@ -246,31 +248,6 @@ struct LocalTrack {
     keyframe_wanted: Arc<AtomicBool>,
 }
 
-/// What the connection's callbacks report.
-enum Happening {
-    LocalCandidate(String),
-    Track(Arc<dyn TrackRemote>),
-}
-
-struct Handler {
-    happenings: mpsc::UnboundedSender<Happening>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            let _ = self
-                .happenings
-                .send(Happening::LocalCandidate(init.candidate));
-        }
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.happenings.send(Happening::Track(track));
-    }
-}
-
 /// The peer's task: the socket, the peer connection and the media it sends.
 struct Client {
     socket: PhoenixClient,
@@ -278,7 +255,10 @@ struct Client {
     options: PeerOptions,
     state: Arc<Mutex<PeerState>>,
     joined_at: Instant,
-    pc: Option<(Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<Happening>)>,
+    pc: Option<(
+        Arc<dyn PeerConnection>,
+        mpsc::UnboundedReceiver<ConnectionEvent>,
+    )>,
     local: Vec<LocalTrack>,
     /// Server candidates that came before the answer.
     pending_candidates: Vec<String>,
@@ -296,15 +276,15 @@ impl Client {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         let outcome: anyhow::Result<()> = async {
             loop {
-                let happening = async {
+                let connection_event = async {
                     match &mut self.pc {
-                        Some((_, happenings)) => happenings.recv().await,
+                        Some((_, events)) => events.recv().await,
                         None => std::future::pending().await,
                     }
                 };
                 tokio::select! {
                     frame = self.socket.read_frame() => self.on_frame(frame?).await?,
-                    Some(happening) = happening => self.on_happening(happening).await?,
+                    Some(event) = connection_event => self.on_connection_event(event).await?,
                     command = commands.recv() => match command {
                         Some(Command::Push(event)) => self.push(event).await?,
                         Some(Command::Leave) | None => {
@@ -487,7 +467,7 @@ impl Client {
 
     async fn connect(&mut self) -> anyhow::Result<()> {
         let (media, interceptors) = server::webrtc_setup::media_and_interceptors()?;
-        let (happenings, happening_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::unbounded_channel();
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             .with_network_types(vec![rtc::ice::network_type::NetworkType::Udp4])
@@ -497,7 +477,7 @@ impl Client {
             .with_media_engine(media)
             .with_setting_engine(settings)
             .with_interceptor_registry(interceptors)
-            .with_handler(Arc::new(Handler { happenings }))
+            .with_handler(Arc::new(EventsToChannel(events)))
             .with_udp_addrs(vec!["127.0.0.1:0"])
             .build()
             .await?;
@@ -516,7 +496,7 @@ impl Client {
                 local.keyframe_wanted.clone(),
             )));
         }
-        self.pc = Some((pc, happening_rx));
+        self.pc = Some((pc, event_rx));
         Ok(())
     }
 
@@ -564,16 +544,16 @@ impl Client {
         }
     }
 
-    async fn on_happening(&mut self, happening: Happening) -> anyhow::Result<()> {
-        match happening {
-            Happening::LocalCandidate(candidate) => {
+    async fn on_connection_event(&mut self, event: ConnectionEvent) -> anyhow::Result<()> {
+        match event {
+            ConnectionEvent::LocalCandidate(candidate) => {
                 let candidate = ClientEvent::Candidate(ClientCandidate {
                     candidate,
                     sdp_m_line_index: Some(0),
                 });
                 self.push(candidate).await?;
             }
-            Happening::Track(track) => {
+            ConnectionEvent::Track(track) => {
                 let pc = self
                     .pc
                     .as_ref()
@@ -587,6 +567,7 @@ impl Client {
                     self.joined_at,
                 )));
             }
+            ConnectionEvent::State(_) => {}
         }
         Ok(())
     }
