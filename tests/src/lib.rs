@@ -111,8 +111,10 @@ pub struct Browser {
 /// How [`Browser::launch_with`] sets Chromium up; the default is [`Browser::launch`]'s.
 #[derive(Clone, Debug, Default)]
 pub struct LaunchOptions {
-    /// Camera and microphone refused: no `--use-fake-ui-for-media-stream`, prompts denied, and
-    /// both blocked in the profile, so `getUserMedia` fails with `NotAllowedError`.
+    /// Camera and microphone refused: without `--use-fake-ui-for-media-stream` and with
+    /// `--deny-permission-prompts`, `getUserMedia` fails at once with `NotAllowedError`.
+    /// (Chromium 156 headless: dropping the fake-UI flag alone already denies; blocking them in
+    /// `goog:chromeOptions.prefs` does nothing while the fake-UI flag is there.)
     pub deny_media: bool,
 }
 
@@ -353,11 +355,6 @@ fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
     if options.deny_media {
         args.retain(|arg| *arg != "--use-fake-ui-for-media-stream");
         args.push("--deny-permission-prompts");
-        // 2 = block, for every site.
-        chrome_options["prefs"] = json!({
-            "profile.default_content_setting_values.media_stream_camera": 2,
-            "profile.default_content_setting_values.media_stream_mic": 2,
-        });
     }
     chrome_options["args"] = json!(args);
     let capabilities = json!({
