@@ -1,0 +1,993 @@
+//! The room page in real browsers, through the real SFU: people join from the home page or a
+//! shared link, see and hear each other, leave, mute, and join without a camera.
+//!
+//! Each test starts its own server and two or three headless Chromiums with the fake camera
+//! (a moving test pattern) and microphone (a beep). When a test fails it saves a screenshot of
+//! every browser to `/tmp/<test>-<name>.png` and prints its console and markup.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use e2e::{Browser, LaunchOptions, TestServer};
+use serde_json::{json, Value};
+
+/// From clicking Join to the first frame of someone else's video; generous, not a target.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+/// How soon the others must see a participant who disconnected go.
+const LEAVE_LIMIT: Duration = Duration::from_secs(3);
+/// How long mute and camera-off marks may take to show on the other side.
+const INDICATOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the others' video is watched after someone left.
+const WATCH_AFTER_LEAVE: Duration = Duration::from_millis(2500);
+/// How long the others' video is watched from someone's click on Join.
+const WATCH_WHILE_JOINING: Duration = Duration::from_secs(4);
+/// The longest the others' video may stop (no new frame) when someone leaves.
+const STALL_LIMIT: Duration = Duration::from_secs(1);
+/// How long a page may take to say it joined.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One test at a time runs its browsers (two or three Chromiums are plenty for two cores, and
+/// the printed timings stay meaningful), whatever `--test-threads` says.
+static BROWSER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Two people join the same room from the home page: each plays the other's video, receives
+/// the other's sound, and lists both names.
+#[tokio::test]
+async fn two_people_see_and_hear_each_other() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        tokio::try_join!(
+            fill_home_form(&ann, &server, "standup", "Ann"),
+            fill_home_form(&bob, &server, "standup", "Bob"),
+        )?;
+        let (ann_clicked, bob_clicked) = tokio::try_join!(click_join(&ann), click_join(&bob))?;
+        let (ann_first, bob_first) = tokio::try_join!(
+            first_remote_frame(&ann, "Bob", ann_clicked),
+            first_remote_frame(&bob, "Ann", bob_clicked),
+        )?;
+        println!(
+            "Ann: join → first remote frame: {} ms",
+            ann_first.as_millis()
+        );
+        println!(
+            "Bob: join → first remote frame: {} ms",
+            bob_first.as_millis()
+        );
+
+        for browser in [&ann, &bob] {
+            assert_path(browser, "/room/standup").await?;
+            wait_for_status(browser, "joined", JOIN_TIMEOUT).await?;
+            assert_eq!(browser.text_of("#room-title").await?, "Room standup");
+        }
+        tokio::try_join!(
+            assert_playing(&ann, "Bob", "Ann's page"),
+            assert_playing(&bob, "Ann", "Bob's page"),
+        )?;
+        let (ann_hears, bob_hears) = tokio::try_join!(
+            assert_hearing(&ann, "Bob", "Ann's page"),
+            assert_hearing(&bob, "Ann", "Bob's page"),
+        )?;
+        println!(
+            "audio packets received over 1 s: Ann from Bob {} → {}, Bob from Ann {} → {}",
+            ann_hears.0, ann_hears.1, bob_hears.0, bob_hears.1
+        );
+        assert_participants(&ann, &["Ann (you)", "Bob"]).await?;
+        assert_participants(&bob, &["Ann", "Bob (you)"]).await?;
+        assert_tile_count(&ann, 2).await?;
+        assert_tile_count(&bob, 2).await?;
+        Ok(())
+    }
+    .await;
+    finish(
+        outcome,
+        vec![("two-people-ann", ann), ("two-people-bob", bob)],
+    )
+    .await
+}
+
+/// Carol follows a shared link after Ann and Bob are talking: she gives her name, sees and
+/// hears both; when she disconnects she is back home and her tile leaves the others' pages
+/// within [`LEAVE_LIMIT`].
+#[tokio::test]
+async fn a_late_joiner_sees_everyone_and_leaves_cleanly() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let carol = match Browser::launch().await {
+        Ok(carol) => carol,
+        Err(err) => {
+            let _ = tokio::join!(ann.close(), bob.close());
+            return Err(err);
+        }
+    };
+    let outcome = async {
+        tokio::try_join!(
+            join_from_home(&ann, &server, "retro", "Ann"),
+            join_from_home(&bob, &server, "retro", "Bob"),
+        )?;
+        tokio::try_join!(
+            first_remote_frame(&ann, "Bob", Instant::now()),
+            first_remote_frame(&bob, "Ann", Instant::now()),
+        )?;
+
+        // A link to the room, with no name remembered: the page asks for one first.
+        carol.client.goto(&server.url("/room/retro")).await?;
+        carol
+            .text_of("#name-form")
+            .await
+            .context("a room link without a remembered name should ask for one (#name-form)")?;
+        carol.fill("#name-form #display-name", "Carol").await?;
+        let clicked = click_join(&carol).await?;
+        let (to_ann, to_bob) = tokio::try_join!(
+            first_remote_frame(&carol, "Ann", clicked),
+            first_remote_frame(&carol, "Bob", clicked),
+        )?;
+        println!(
+            "Carol: join → first remote frame: Ann's {} ms, Bob's {} ms",
+            to_ann.as_millis(),
+            to_bob.as_millis()
+        );
+        wait_for_status(&carol, "joined", JOIN_TIMEOUT).await?;
+        tokio::try_join!(
+            assert_playing(&carol, "Ann", "Carol's page"),
+            assert_playing(&carol, "Bob", "Carol's page"),
+        )?;
+        tokio::try_join!(
+            assert_hearing(&carol, "Ann", "Carol's page"),
+            assert_hearing(&carol, "Bob", "Carol's page"),
+        )?;
+        // And the two who were there get Carol too.
+        tokio::try_join!(
+            first_remote_frame(&ann, "Carol", clicked),
+            first_remote_frame(&bob, "Carol", clicked),
+        )?;
+        assert_participants(&carol, &["Ann", "Bob", "Carol (you)"]).await?;
+        assert_participants(&ann, &["Ann (you)", "Bob", "Carol"]).await?;
+        assert_participants(&bob, &["Ann", "Bob (you)", "Carol"]).await?;
+
+        let carol_id = own_peer_id(&carol).await?;
+        let carol_tile = format!(".tile[data-peer-id=\"{carol_id}\"]");
+        let carol_item = format!("#participants li[data-peer-id=\"{carol_id}\"]");
+        for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
+            ensure!(
+                browser.count(&carol_tile).await? == 1,
+                "{page} has no tile with Carol's peer id {carol_id} (her own tile's data-peer-id)"
+            );
+            ensure!(
+                browser.count(&carol_item).await? == 1,
+                "{page} has no `{carol_item}` in the participants list"
+            );
+        }
+        wait_for_counts(&server, 3).await?;
+        // Keep Carol's camera and microphone stream, to see that disconnecting stops it.
+        let kept = carol
+            .eval(
+                "const video = document.querySelector('.tile.local video'); \
+                 window.e2eLocalStream = video && video.srcObject; \
+                 return window.e2eLocalStream ? window.e2eLocalStream.getTracks().length : 0;",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            kept == json!(2),
+            "Carol's local tile should show her camera and microphone stream (2 tracks), it has {kept}"
+        );
+
+        let clicked = Instant::now();
+        carol.click("#disconnect").await?;
+        let (gone_ann, gone_bob) = tokio::try_join!(
+            time_until_gone(&ann, &carol_tile, clicked),
+            time_until_gone(&bob, &carol_tile, clicked),
+        )?;
+        println!(
+            "Carol disconnects → her tile gone: {} ms on Ann's page, {} ms on Bob's page",
+            gone_ann.as_millis(),
+            gone_bob.as_millis()
+        );
+        ensure!(
+            gone_ann <= LEAVE_LIMIT && gone_bob <= LEAVE_LIMIT,
+            "Carol's tile should leave the others' pages within {LEAVE_LIMIT:?}"
+        );
+        carol.wait_for_path("/").await?;
+        for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
+            browser
+                .wait_for_presence(&carol_item, false, Duration::from_secs(1))
+                .await
+                .with_context(|| format!("Carol stayed in the participants list of {page}"))?;
+            assert_tile_count(browser, 2).await?;
+        }
+        assert_participants(&ann, &["Ann (you)", "Bob"]).await?;
+        assert_participants(&bob, &["Ann", "Bob (you)"]).await?;
+        // Disconnecting closes the page's peer connection and stops the camera and microphone
+        // (the page is still the same document).
+        let after = carol
+            .eval(
+                "const pc = window.videoroomPeerConnection; \
+                 return { \
+                     pcClosed: !pc || pc.signalingState === 'closed', \
+                     liveTracks: window.e2eLocalStream.getTracks() \
+                         .filter(t => t.readyState === 'live').map(t => t.kind), \
+                 };",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            after["pcClosed"] == json!(true),
+            "Carol's RTCPeerConnection is still open after #disconnect"
+        );
+        ensure!(
+            after["liveTracks"] == json!([]),
+            "#disconnect left Carol's camera/microphone running: live tracks {}",
+            after["liveTracks"]
+        );
+        // And the server let her go.
+        wait_for_counts(&server, 2).await?;
+
+        // Ann and Bob carry on (how smoothly is the_others_keep_playing_while_someone_joins_and_leaves).
+        tokio::try_join!(
+            playing_within(&ann, "Bob", "Ann's page", Duration::from_secs(6)),
+            playing_within(&bob, "Ann", "Bob's page", Duration::from_secs(6)),
+        )?;
+        Ok(())
+    }
+    .await;
+    finish(
+        outcome,
+        vec![
+            ("late-joiner-ann", ann),
+            ("late-joiner-bob", bob),
+            ("late-joiner-carol", carol),
+        ],
+    )
+    .await
+}
+
+/// Ann mutes her microphone and turns her camera off: her tile on Bob's page (and her own)
+/// says so; turning them back on clears the marks and her video plays again.
+#[tokio::test]
+async fn muting_and_camera_off_show_on_the_other_side() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        tokio::try_join!(
+            join_from_home(&ann, &server, "mute-test", "Ann"),
+            join_from_home(&bob, &server, "mute-test", "Bob"),
+        )?;
+        tokio::try_join!(
+            first_remote_frame(&ann, "Bob", Instant::now()),
+            first_remote_frame(&bob, "Ann", Instant::now()),
+        )?;
+        let ann_at_bob = remote_tile_css("Ann");
+        let muted = format!("{ann_at_bob} .muted-indicator");
+        let camera_off = format!("{ann_at_bob} .camera-off-indicator");
+        for css in [&muted, &camera_off] {
+            ensure!(
+                bob.count(css).await? == 0,
+                "`{css}` is on Bob's page before Ann turned anything off"
+            );
+        }
+
+        let clicked = Instant::now();
+        ann.click("#toggle-mic").await?;
+        bob.wait_for_presence(&muted, true, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann muted her microphone, Bob's page did not show it")?;
+        println!(
+            "mute → shown on Bob's page: {} ms",
+            clicked.elapsed().as_millis()
+        );
+        ensure!(
+            bob.count(&camera_off).await? == 0,
+            "muting the microphone also marked Ann's camera off on Bob's page"
+        );
+        ann.wait_for_presence(".tile.local .muted-indicator", true, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann's own tile does not show her muted")?;
+
+        let clicked = Instant::now();
+        ann.click("#toggle-camera").await?;
+        bob.wait_for_presence(&camera_off, true, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann turned her camera off, Bob's page did not show it")?;
+        println!(
+            "camera off → shown on Bob's page: {} ms",
+            clicked.elapsed().as_millis()
+        );
+        ann.wait_for_presence(".tile.local .camera-off-indicator", true, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann's own tile does not show her camera off")?;
+
+        ann.click("#toggle-mic").await?;
+        bob.wait_for_presence(&muted, false, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann unmuted, Bob's page still shows her muted")?;
+        ensure!(
+            bob.count(&camera_off).await? == 1,
+            "unmuting Ann also cleared her camera-off mark on Bob's page"
+        );
+        ann.click("#toggle-camera").await?;
+        bob.wait_for_presence(&camera_off, false, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann turned her camera back on, Bob's page still shows it off")?;
+        for css in [
+            ".tile.local .muted-indicator",
+            ".tile.local .camera-off-indicator",
+        ] {
+            ann.wait_for_presence(css, false, INDICATOR_TIMEOUT)
+                .await
+                .context("Ann's own tile kept a mark after she turned everything back on")?;
+        }
+        assert_playing(&bob, "Ann", "Bob's page, after Ann's camera came back").await?;
+        assert_hearing(&bob, "Ann", "Bob's page, after Ann unmuted").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("mute-ann", ann), ("mute-bob", bob)]).await
+}
+
+/// Ann's browser refuses the camera and microphone: the room page says so in an alert, still
+/// joins, and Ann sees Bob (receive-only) while Bob sees her listed.
+#[tokio::test]
+async fn denied_camera_and_microphone_still_joins_receive_only() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let ann = Browser::launch_with(LaunchOptions { deny_media: true }).await?;
+    let bob = match Browser::launch().await {
+        Ok(bob) => bob,
+        Err(err) => {
+            let _ = ann.close().await;
+            return Err(err);
+        }
+    };
+    let outcome = async {
+        // The harness's precondition: this browser really refuses.
+        ann.client.goto(&server.url("/")).await?;
+        let refusal = ann
+            .eval(
+                "return navigator.mediaDevices.getUserMedia({audio: true, video: true}).then(s => { s.getTracks().forEach(t => t.stop()); return 'granted'; }, e => e.name);",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            refusal == json!("NotAllowedError"),
+            "the browser launched with deny_media should refuse getUserMedia, it gave {refusal}"
+        );
+
+        ann.client.goto(&server.url("/room/no-camera")).await?;
+        ann.text_of("#name-form")
+            .await
+            .context("a room link without a remembered name should ask for one (#name-form)")?;
+        ann.fill("#name-form #display-name", "Ann").await?;
+        click_join(&ann).await?;
+        let banner = ann
+            .client
+            .wait()
+            .at_most(JOIN_TIMEOUT)
+            .for_element(fantoccini::Locator::Css(".error-banner"))
+            .await
+            .context("denied camera and microphone: no .error-banner on the room page")?;
+        let message = banner.text().await?;
+        println!("denied permission banner: {message}");
+        let lower = message.to_lowercase();
+        ensure!(
+            lower.contains("camera") || lower.contains("microphone"),
+            "the .error-banner should mention the camera or microphone, it says: {message:?}"
+        );
+        ensure!(
+            banner.attr("role").await?.as_deref() == Some("alert"),
+            "the .error-banner should have role=alert"
+        );
+        wait_for_status(&ann, "joined", JOIN_TIMEOUT)
+            .await
+            .context("without camera and microphone the page should still join")?;
+
+        // Receive-only: Ann still gets Bob, and Bob sees Ann in the room.
+        let clicked = Instant::now();
+        join_from_home(&bob, &server, "no-camera", "Bob").await?;
+        let first = first_remote_frame(&ann, "Bob", clicked).await?;
+        println!(
+            "receive-only Ann: Bob's join → first frame of Bob: {} ms",
+            first.as_millis()
+        );
+        assert_playing(&ann, "Bob", "receive-only Ann's page").await?;
+        assert_hearing(&ann, "Bob", "receive-only Ann's page").await?;
+        wait_for_status(&bob, "joined", JOIN_TIMEOUT).await?;
+        assert_participants(&bob, &["Ann", "Bob (you)"]).await?;
+        assert_participants(&ann, &["Ann (you)", "Bob"]).await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("denied-ann", ann), ("denied-bob", bob)]).await
+}
+
+/// When someone joins or leaves, the call is renegotiated; the others' video of each other
+/// must keep playing through it (no stop longer than [`STALL_LIMIT`]).
+#[tokio::test]
+async fn the_others_keep_playing_while_someone_joins_and_leaves() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let carol = match Browser::launch().await {
+        Ok(carol) => carol,
+        Err(err) => {
+            let _ = tokio::join!(ann.close(), bob.close());
+            return Err(err);
+        }
+    };
+    let outcome = async {
+        tokio::try_join!(
+            join_from_home(&ann, &server, "steady", "Ann"),
+            join_from_home(&bob, &server, "steady", "Bob"),
+        )?;
+        tokio::try_join!(
+            first_remote_frame(&ann, "Bob", Instant::now()),
+            first_remote_frame(&bob, "Ann", Instant::now()),
+        )?;
+        tokio::try_join!(
+            assert_playing(&ann, "Bob", "Ann's page"),
+            assert_playing(&bob, "Ann", "Bob's page"),
+        )?;
+
+        tokio::try_join!(mark_video(&ann, "Bob"), mark_video(&bob, "Ann"))?;
+        fill_home_form(&carol, &server, "steady", "Carol").await?;
+        let (at_ann, at_bob, _) = tokio::try_join!(
+            watch_video(&ann, "Bob", WATCH_WHILE_JOINING),
+            watch_video(&bob, "Ann", WATCH_WHILE_JOINING),
+            async {
+                click_join(&carol).await?;
+                first_remote_frame(&carol, "Ann", Instant::now()).await
+            },
+        )?;
+        let joining = [
+            ("while Carol joined", at_ann, &ann, "Ann's page", "Bob"),
+            ("while Carol joined", at_bob, &bob, "Bob's page", "Ann"),
+        ];
+        report_watches(&joining);
+        tokio::try_join!(
+            first_remote_frame(&ann, "Carol", Instant::now()),
+            first_remote_frame(&bob, "Carol", Instant::now()),
+        )?;
+
+        tokio::try_join!(mark_video(&ann, "Bob"), mark_video(&bob, "Ann"))?;
+        carol.click("#disconnect").await?;
+        let (at_ann, at_bob) = tokio::try_join!(
+            watch_video(&ann, "Bob", WATCH_AFTER_LEAVE),
+            watch_video(&bob, "Ann", WATCH_AFTER_LEAVE),
+        )?;
+        let leaving = [
+            ("after Carol left", at_ann, &ann, "Ann's page", "Bob"),
+            ("after Carol left", at_bob, &bob, "Bob's page", "Ann"),
+        ];
+        report_watches(&leaving);
+
+        for (when, watch, browser, page, name) in joining.iter().chain(&leaving) {
+            if watch.longest_stall <= STALL_LIMIT {
+                continue;
+            }
+            let rtp = inbound_video(browser)
+                .await
+                .unwrap_or_else(|err| json!(err.to_string()));
+            bail!(
+                "{page}: {name}'s video stopped for {} ms {when} (no new frame; its <video> \
+                 element {} meanwhile). Samples (ms, totalVideoFrames): {:?}; inbound-rtp \
+                 video now: {rtp}",
+                watch.longest_stall.as_millis(),
+                if watch.replaced {
+                    "was replaced by a new one"
+                } else {
+                    "stayed the same"
+                },
+                watch.samples
+            );
+        }
+        Ok(())
+    }
+    .await;
+    finish(
+        outcome,
+        vec![
+            ("steady-ann", ann),
+            ("steady-bob", bob),
+            ("steady-carol", carol),
+        ],
+    )
+    .await
+}
+
+/// Prints what [`watch_video`] saw, for each `(when, watch, _, page, name)`.
+fn report_watches(watches: &[(&str, Watch, &Browser, &str, &str)]) {
+    for (when, watch, _, page, name) in watches {
+        println!(
+            "{when}, {name}'s video on {page}: longest stall {} ms, <video> replaced: {}, \
+             totalVideoFrames {:?} → {:?}",
+            watch.longest_stall.as_millis(),
+            watch.replaced,
+            watch.samples.first().map(|sample| sample.1),
+            watch.samples.last().map(|sample| sample.1),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Closes every browser, after dumping each one's state if the test failed.
+async fn finish(outcome: anyhow::Result<()>, browsers: Vec<(&str, Browser)>) -> anyhow::Result<()> {
+    if outcome.is_err() {
+        for (label, browser) in &browsers {
+            browser.dump(label).await;
+        }
+    }
+    for (_, browser) in browsers {
+        let _ = browser.close().await;
+    }
+    outcome
+}
+
+/// Opens the home page and fills in the room and the name, without joining yet.
+async fn fill_home_form(
+    browser: &Browser,
+    server: &TestServer,
+    room: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    browser.client.goto(&server.url("/")).await?;
+    browser.fill("#room-name", room).await?;
+    browser.fill("#display-name", name).await?;
+    Ok(())
+}
+
+/// Clicks `#join` and returns when it was clicked.
+async fn click_join(browser: &Browser) -> anyhow::Result<Instant> {
+    let clicked = Instant::now();
+    browser.click("#join").await.context("no #join button")?;
+    Ok(clicked)
+}
+
+/// Joins `room` as `name` from the home page, and waits for the room page to say it joined.
+async fn join_from_home(
+    browser: &Browser,
+    server: &TestServer,
+    room: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    fill_home_form(browser, server, room, name).await?;
+    click_join(browser).await?;
+    browser.wait_for_path(&format!("/room/{room}")).await?;
+    wait_for_status(browser, "joined", JOIN_TIMEOUT)
+        .await
+        .with_context(|| format!("{name} joining {room}"))
+}
+
+async fn assert_path(browser: &Browser, path: &str) -> anyhow::Result<()> {
+    let current = browser.path().await?;
+    ensure!(current == path, "the page is at {current}, expected {path}");
+    Ok(())
+}
+
+/// Waits for `main.room[data-status]` to be `status`; fails early on `failed`.
+async fn wait_for_status(browser: &Browser, status: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let script = "const main = document.querySelector('main.room'); \
+                  return main ? main.getAttribute('data-status') : null;";
+    loop {
+        let seen = browser.eval(script, vec![]).await?;
+        if seen == json!(status) {
+            return Ok(());
+        }
+        if seen == json!("failed") && status != "failed" {
+            let banners = banners(browser).await.unwrap_or_default();
+            bail!("the room page failed (data-status=failed) while waiting for {status}; banners: {banners:?}");
+        }
+        if Instant::now() > deadline {
+            let seen = match seen {
+                Value::Null => "no main.room".to_owned(),
+                other => format!("data-status={other}"),
+            };
+            bail!("the room page did not reach data-status={status} within {timeout:?}: {seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn banners(browser: &Browser) -> anyhow::Result<Vec<String>> {
+    let value = browser
+        .eval(
+            "return [...document.querySelectorAll('.error-banner')].map(e => e.textContent);",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(value)?)
+}
+
+/// The CSS selector of `name`'s tile as seen by someone else.
+fn remote_tile_css(name: &str) -> String {
+    format!(".tile:not(.local)[data-name=\"{name}\"]")
+}
+
+/// JavaScript that finds `name`'s remote tile: `const tile = ...;`.
+fn find_remote_tile_js(name: &str) -> String {
+    format!(
+        "const tile = [...document.querySelectorAll('.tile:not(.local)')].find(t => t.dataset.name === {});",
+        json!(name)
+    )
+}
+
+/// What the video of `name`'s tile is doing: `null` without the tile, else its size, time,
+/// decoded frames, and the tracks of its stream.
+async fn video_state(browser: &Browser, name: &str) -> anyhow::Result<Value> {
+    let script = format!(
+        "{}
+        if (!tile) return null;
+        const video = tile.querySelector('video');
+        if (!video) return {{ video: false }};
+        const stream = video.srcObject;
+        const tracks = kind => stream && stream.getTracks
+            ? stream.getTracks().filter(t => t.kind === kind).map(t => ({{ id: t.id, state: t.readyState, muted: t.muted }}))
+            : [];
+        return {{
+            video: true,
+            width: video.videoWidth,
+            time: video.currentTime,
+            frames: video.getVideoPlaybackQuality().totalVideoFrames,
+            paused: video.paused,
+            elementMuted: video.muted,
+            readyState: video.readyState,
+            audioTracks: tracks('audio'),
+            videoTracks: tracks('video'),
+        }};",
+        find_remote_tile_js(name)
+    );
+    browser.eval(&script, vec![]).await
+}
+
+/// Waits for the first frame of `name`'s video (its `videoWidth` > 0), and returns how long
+/// after `since` it came.
+async fn first_remote_frame(
+    browser: &Browser,
+    name: &str,
+    since: Instant,
+) -> anyhow::Result<Duration> {
+    let deadline = since + FIRST_FRAME_TIMEOUT;
+    loop {
+        let state = video_state(browser, name).await?;
+        if state["width"].as_u64().unwrap_or(0) > 0 {
+            return Ok(since.elapsed());
+        }
+        if Instant::now() > deadline {
+            let status = browser
+                .eval(
+                    "const main = document.querySelector('main.room'); return main && main.getAttribute('data-status');",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Null);
+            let what = if state.is_null() {
+                format!("there is no tile `{}`", remote_tile_css(name))
+            } else {
+                format!("its tile's video is {state}")
+            };
+            let me = browser
+                .eval(
+                    "const tile = document.querySelector('.tile.local'); return tile && tile.dataset.name;",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Null);
+            let connection = connection_summary(browser)
+                .await
+                .unwrap_or_else(|err| json!(err.to_string()));
+            bail!(
+                "the page of {me}: no frame of {name}'s video within {FIRST_FRAME_TIMEOUT:?} of \
+                 joining: {what} (data-status={status}, banners: {:?}); its connection: {connection}",
+                banners(browser).await.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `name`'s video on this page plays: it has a size, and over about a second both its
+/// `currentTime` and its decoded frames advance.
+async fn assert_playing(browser: &Browser, name: &str, page: &str) -> anyhow::Result<()> {
+    let before = video_state(browser, name).await?;
+    let rtp_before = inbound_video(browser)
+        .await
+        .unwrap_or_else(|err| json!(err.to_string()));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = video_state(browser, name).await?;
+    ensure!(
+        !after.is_null(),
+        "{page}: no tile `{}`",
+        remote_tile_css(name)
+    );
+    let number = |state: &Value, key: &str| state[key].as_f64().unwrap_or(0.0);
+    if number(&after, "width") > 0.0
+        && number(&after, "time") > number(&before, "time")
+        && number(&after, "frames") > number(&before, "frames")
+    {
+        return Ok(());
+    }
+    let rtp_after = inbound_video(browser)
+        .await
+        .unwrap_or_else(|err| json!(err.to_string()));
+    bail!(
+        "{page}: {name}'s video is not playing (videoWidth > 0, currentTime and totalVideoFrames \
+         advancing over 1.2 s): before {before}, after {after}; inbound-rtp video before \
+         {rtp_before}, after {rtp_after}"
+    )
+}
+
+/// [`assert_playing`], retried until it holds or `timeout` has passed.
+async fn playing_within(
+    browser: &Browser,
+    name: &str,
+    page: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match assert_playing(browser, name, page).await {
+            Ok(()) => return Ok(()),
+            Err(err) if Instant::now() > deadline => {
+                return Err(err.context(format!("still not playing after {timeout:?}")))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The state of the page's RTCPeerConnection, its transceivers and every `inbound-rtp`, for
+/// failure messages.
+async fn connection_summary(browser: &Browser) -> anyhow::Result<Value> {
+    browser
+        .eval(
+            "const pc = window.videoroomPeerConnection;
+            if (!pc) return 'window.videoroomPeerConnection is not set';
+            return pc.getStats().then(report => {
+                const inbound = [];
+                report.forEach(s => {
+                    if (s.type === 'inbound-rtp') inbound.push({
+                        kind: s.kind, mid: s.mid, packets: s.packetsReceived,
+                        track: s.trackIdentifier,
+                    });
+                });
+                return {
+                    connectionState: pc.connectionState,
+                    iceConnectionState: pc.iceConnectionState,
+                    signalingState: pc.signalingState,
+                    transceivers: pc.getTransceivers().map(t => ({
+                        mid: t.mid, direction: t.direction, current: t.currentDirection,
+                        receiverTrack: t.receiver.track && t.receiver.track.id,
+                    })),
+                    inbound,
+                };
+            });",
+            vec![],
+        )
+        .await
+}
+
+/// The page's `inbound-rtp` video statistics, one object per track, for failure messages.
+async fn inbound_video(browser: &Browser) -> anyhow::Result<Value> {
+    browser
+        .eval(
+            "const pc = window.videoroomPeerConnection;
+            if (!pc) return 'window.videoroomPeerConnection is not set';
+            return pc.getStats().then(report => {
+                const out = [];
+                report.forEach(s => {
+                    if (s.type === 'inbound-rtp' && s.kind === 'video') out.push({
+                        track: s.trackIdentifier, mid: s.mid, packets: s.packetsReceived,
+                        lost: s.packetsLost, framesReceived: s.framesReceived,
+                        framesDecoded: s.framesDecoded, keyFrames: s.keyFramesDecoded,
+                        dropped: s.framesDropped, freezes: s.freezeCount, pli: s.pliCount,
+                        nack: s.nackCount,
+                    });
+                });
+                return out;
+            });",
+            vec![],
+        )
+        .await
+}
+
+/// The audio packets this page received for `name`'s tile: `inbound-rtp` audio of
+/// `window.videoroomPeerConnection` whose track is in the tile's stream, and of all streams.
+async fn audio_packets(browser: &Browser, name: &str) -> anyhow::Result<Value> {
+    let script = format!(
+        "{}
+        const pc = window.videoroomPeerConnection;
+        if (!pc) return {{ error: 'window.videoroomPeerConnection is not set' }};
+        const video = tile && tile.querySelector('video');
+        const stream = video && video.srcObject;
+        const ids = stream && stream.getAudioTracks ? stream.getAudioTracks().map(t => t.id) : [];
+        return pc.getStats().then(report => {{
+            let total = 0, ofTile = 0;
+            const inbound = [];
+            report.forEach(s => {{
+                if (s.type === 'inbound-rtp' && s.kind === 'audio') {{
+                    total += s.packetsReceived || 0;
+                    inbound.push({{ track: s.trackIdentifier, packets: s.packetsReceived }});
+                    if (ids.includes(s.trackIdentifier)) ofTile += s.packetsReceived || 0;
+                }}
+            }});
+            return {{ total, ofTile, tileAudioTracks: ids, inbound }};
+        }});",
+        find_remote_tile_js(name)
+    );
+    let value = browser.eval(&script, vec![]).await?;
+    if let Some(error) = value["error"].as_str() {
+        bail!("{error}");
+    }
+    Ok(value)
+}
+
+/// This page receives `name`'s sound and plays it: the packets of the audio track in `name`'s
+/// tile (per `getStats()` inbound-rtp) grow over about a second, and the tile's video element
+/// is not muted. Returns the tile's packet counts before and after.
+async fn assert_hearing(browser: &Browser, name: &str, page: &str) -> anyhow::Result<(u64, u64)> {
+    let before = audio_packets(browser, name)
+        .await
+        .with_context(|| format!("{page}: reading audio stats"))?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = audio_packets(browser, name)
+        .await
+        .with_context(|| format!("{page}: reading audio stats"))?;
+    let count = |v: &Value, key: &str| v[key].as_u64().unwrap_or(0);
+    ensure!(
+        count(&after, "total") > count(&before, "total"),
+        "{page}: no audio arriving at all (inbound-rtp audio packetsReceived): before {before}, after {after}"
+    );
+    ensure!(
+        count(&after, "ofTile") > count(&before, "ofTile"),
+        "{page}: audio arrives, but not on the audio track of {name}'s tile (its stream's audio \
+         track ids vs inbound-rtp trackIdentifier): before {before}, after {after}"
+    );
+    let video = video_state(browser, name).await?;
+    ensure!(
+        video["elementMuted"] == json!(false),
+        "{page}: {name}'s tile receives audio but its <video> is muted, so it is not heard: {video}"
+    );
+    Ok((count(&before, "ofTile"), count(&after, "ofTile")))
+}
+
+/// The participants list shows exactly `names` (in any order).
+async fn assert_participants(browser: &Browser, names: &[&str]) -> anyhow::Result<()> {
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = browser
+            .eval(
+                "return [...document.querySelectorAll('#participants li')].map(li => li.textContent.trim());",
+                vec![],
+            )
+            .await?;
+        let mut seen: Vec<String> = serde_json::from_value(value)?;
+        seen.sort();
+        if seen == expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("#participants lists {seen:?}, expected {expected:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// There are exactly `count` tiles, the own one included.
+async fn assert_tile_count(browser: &Browser, count: usize) -> anyhow::Result<()> {
+    let tiles = browser.count(".tile").await?;
+    let local = browser.count(".tile.local").await?;
+    ensure!(
+        tiles == count && local == 1,
+        "expected {count} tiles, one of them .local; found {tiles} tiles, {local} .local"
+    );
+    Ok(())
+}
+
+/// This page's own peer id: its local tile's `data-peer-id`, once there is one.
+async fn own_peer_id(browser: &Browser) -> anyhow::Result<String> {
+    let id = browser
+        .wait_for(
+            "the local tile's data-peer-id",
+            "(document.querySelector('.tile.local') || {}).dataset?.peerId",
+            Duration::from_secs(5),
+        )
+        .await?;
+    id.as_str()
+        .map(str::to_owned)
+        .context("data-peer-id is not a string")
+}
+
+/// Waits until nothing matches `css` and returns how long after `since` that was.
+async fn time_until_gone(browser: &Browser, css: &str, since: Instant) -> anyhow::Result<Duration> {
+    browser
+        .wait_for_presence(css, false, Duration::from_secs(15))
+        .await?;
+    Ok(since.elapsed())
+}
+
+/// Marks the `<video>` of `name`'s tile, so that [`watch_video`] can tell if it was replaced.
+async fn mark_video(browser: &Browser, name: &str) -> anyhow::Result<()> {
+    let script = format!(
+        "{}
+        const video = tile && tile.querySelector('video');
+        if (video) video.e2eMark = true;
+        return !!video;",
+        find_remote_tile_js(name)
+    );
+    ensure!(
+        browser.eval(&script, vec![]).await? == json!(true),
+        "no video in {name}'s tile to watch"
+    );
+    Ok(())
+}
+
+/// What [`watch_video`] saw.
+#[derive(Debug)]
+struct Watch {
+    /// The longest time without a new frame.
+    longest_stall: Duration,
+    /// The `<video>` marked by [`mark_video`] is gone (a new element shows the tile).
+    replaced: bool,
+    /// (ms since the watch began, `totalVideoFrames`), every 100 ms.
+    samples: Vec<(u128, i64)>,
+}
+
+/// Samples `name`'s video every 100 ms for `duration`: its frame count, and whether its
+/// `<video>` is still the one [`mark_video`] marked. A changed count is progress (a new element
+/// counts from zero again).
+async fn watch_video(browser: &Browser, name: &str, duration: Duration) -> anyhow::Result<Watch> {
+    let script = format!(
+        "{}
+        const video = tile && tile.querySelector('video');
+        if (!video) return null;
+        return [video.getVideoPlaybackQuality().totalVideoFrames, video.e2eMark === true];",
+        find_remote_tile_js(name)
+    );
+    let start = Instant::now();
+    let mut last_change = start;
+    let mut previous = None;
+    let mut watch = Watch {
+        longest_stall: Duration::ZERO,
+        replaced: false,
+        samples: Vec::new(),
+    };
+    while start.elapsed() < duration {
+        let sample = browser.eval(&script, vec![]).await?;
+        let frames = sample[0].as_i64().unwrap_or(-1);
+        watch.replaced |= sample[1] != json!(true);
+        watch.samples.push((start.elapsed().as_millis(), frames));
+        let now = Instant::now();
+        if previous.is_some_and(|previous| previous != frames) {
+            last_change = now;
+        }
+        previous = Some(frames);
+        watch.longest_stall = watch.longest_stall.max(now - last_change);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(watch)
+}
+
+/// Waits (up to 3 s) for the server to count `peers` peers and as many peer connections.
+async fn wait_for_counts(server: &TestServer, peers: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let counts = server.counts().await?;
+        if counts.peers == peers && counts.peer_connections == peers {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the server counts {} peers and {} peer connections, expected {peers} of each",
+                counts.peers,
+                counts.peer_connections
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
