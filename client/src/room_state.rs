@@ -32,6 +32,8 @@ impl Status {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RemotePeer {
+    /// When the peer came, for a stable order of tiles: a moved video element stops playing.
+    pub arrival: u64,
     pub metadata: Metadata,
     pub tracks: BTreeMap<TrackId, Metadata>,
     /// The peer's audio and video, in one stream (the server puts them in one msid).
@@ -72,6 +74,7 @@ pub struct RoomState {
     pub mic_on: bool,
     pub camera_on: bool,
     pub peers: BTreeMap<PeerId, RemotePeer>,
+    arrivals: u64,
     /// Messages for the person, newest last.
     pub problems: Vec<String>,
 }
@@ -101,6 +104,20 @@ pub enum RoomAction {
     Ended(Status, Option<String>),
 }
 
+impl RoomState {
+    fn next_arrival(&mut self) -> u64 {
+        self.arrivals += 1;
+        self.arrivals
+    }
+
+    /// The remote peers in the order they came.
+    pub fn peers_by_arrival(&self) -> Vec<(&PeerId, &RemotePeer)> {
+        let mut peers: Vec<_> = self.peers.iter().collect();
+        peers.sort_by_key(|(_, peer)| peer.arrival);
+        peers
+    }
+}
+
 impl Reducible for RoomState {
     type Action = RoomAction;
 
@@ -120,19 +137,29 @@ impl Reducible for RoomState {
                 state.status = Status::Joined;
                 state.me = Some(me);
                 for (id, metadata, tracks) in peers {
-                    state.peers.insert(
-                        id,
-                        RemotePeer {
-                            metadata,
-                            tracks,
-                            stream: None,
-                        },
-                    );
+                    let arrival = state.next_arrival();
+                    let peer = RemotePeer {
+                        arrival,
+                        metadata,
+                        tracks,
+                        stream: None,
+                    };
+                    state.peers.insert(id, peer);
                 }
             }
             RoomAction::PeerJoined(id, metadata) => {
-                if state.me.as_ref() != Some(&id) {
-                    state.peers.entry(id).or_default().metadata = metadata;
+                if state.me.as_ref() == Some(&id) {
+                    // Our own arrival, announced to everyone.
+                } else if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.metadata = metadata;
+                } else {
+                    let arrival = state.next_arrival();
+                    let peer = RemotePeer {
+                        arrival,
+                        metadata,
+                        ..RemotePeer::default()
+                    };
+                    state.peers.insert(id, peer);
                 }
             }
             RoomAction::PeerLeft(id) => {
@@ -246,8 +273,23 @@ mod tests {
         assert!(state.peers[&ann].mic_muted() && !state.peers[&ann].camera_off());
         state = reduce(state, RoomAction::TracksRemoved(ann.clone(), vec![camera]));
         assert!(state.peers[&ann].camera_off());
+        let bob = peer(0);
+        state = reduce(
+            state,
+            RoomAction::PeerJoined(bob.clone(), json!({"displayName": "Bob"})),
+        );
+        let order: Vec<&PeerId> = state
+            .peers_by_arrival()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            order,
+            [&ann, &bob],
+            "tiles keep the order of arrival, not of ids"
+        );
         state = reduce(state, RoomAction::PeerLeft(ann.clone()));
-        assert!(state.peers.is_empty());
+        assert_eq!(state.peers.len(), 1);
     }
 
     #[test]

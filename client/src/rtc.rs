@@ -19,10 +19,10 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    MediaStream, MediaStreamTrack, RtcConfiguration, RtcIceCandidateInit, RtcIceServer,
-    RtcOfferOptions, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState,
-    RtcRtpTransceiver, RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType,
-    RtcSessionDescriptionInit, RtcTrackEvent,
+    MediaStream, MediaStreamTrack, RtcConfiguration, RtcIceCandidateInit, RtcIceConnectionState,
+    RtcIceServer, RtcOfferOptions, RtcPeerConnection, RtcPeerConnectionIceEvent,
+    RtcPeerConnectionState, RtcRtpTransceiver, RtcRtpTransceiverDirection, RtcRtpTransceiverInit,
+    RtcSdpType, RtcSessionDescriptionInit, RtcTrackEvent,
 };
 use yew::Callback;
 
@@ -299,8 +299,14 @@ impl Session {
         for _ in video..offer_data.tracks_types.video {
             pc.add_transceiver_with_str_and_init("video", &receive_only);
         }
+        // Unlike membrane-webrtc-js, restart ICE only when the transport broke: a restart on
+        // every renegotiation briefly drops media for everyone already in the call.
+        let broken = matches!(
+            pc.ice_connection_state(),
+            RtcIceConnectionState::Failed | RtcIceConnectionState::Disconnected
+        );
         let options = RtcOfferOptions::new();
-        options.set_ice_restart(!first);
+        options.set_ice_restart(!first && broken);
         let offer: RtcSessionDescriptionInit =
             JsFuture::from(pc.create_offer_with_rtc_offer_options(&options))
                 .await?

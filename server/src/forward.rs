@@ -241,6 +241,9 @@ impl Fanout {
         let keyframe = self.kind == MediaKind::Video && starts_keyframe(codec, &packet.payload);
         for down_track in down_tracks.iter() {
             let Some(payload_type) = down_track.admit(codec, keyframe) else {
+                // Still waiting for a keyframe: keep asking (the publisher's reader sends at
+                // most one request per interval), in case the answer to the first was lost.
+                self.request_keyframe();
                 continue;
             };
             let mut copy = packet.clone();

@@ -19,13 +19,16 @@ pub struct TileProps {
 pub fn tile(props: &TileProps) -> Html {
     let video = use_node_ref();
     {
-        let video = video.clone();
-        use_effect_with(props.stream.clone(), move |stream| {
+        // After every render: the element shows this stream and plays. A media element that
+        // was moved in the page pauses, and autoplay does not start it again.
+        let (video, stream) = (video.clone(), props.stream.clone());
+        use_effect(move || {
             if let Some(element) = video.cast::<HtmlVideoElement>() {
-                element.set_src_object(stream.as_ref());
-                if stream.is_some() {
-                    // Autoplay may wait for a click; the video starts then.
-                    let _ = element.play();
+                if element.src_object() != stream {
+                    element.set_src_object(stream.as_ref());
+                }
+                if stream.is_some() && element.paused() {
+                    play(&element);
                 }
             }
         });
@@ -48,6 +51,16 @@ pub fn tile(props: &TileProps) -> Html {
                 }
             </figcaption>
         </figure>
+    }
+}
+
+/// Starts playback. The browser may refuse until the person interacts with the page (autoplay
+/// rules) or interrupt it when the element changes: the next render tries again.
+fn play(element: &HtmlVideoElement) {
+    if let Ok(promise) = element.play() {
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+        });
     }
 }
 

@@ -165,9 +165,9 @@ fn call(props: &CallProps) -> Html {
             </header>
             { for state.problems.iter().map(|problem| html! { <p class="error-banner" role="alert">{ problem }</p> }) }
             <section class="tiles" data-count={(state.peers.len() + 1).to_string()}>
-                <Tile peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
+                <Tile key="local" peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
                     local=true mic_muted={!state.mic_on} camera_off={!state.camera_on} />
-                { for state.peers.iter().map(|(id, peer)| html! {
+                { for state.peers_by_arrival().into_iter().map(|(id, peer)| html! {
                     <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
                         mic_muted={peer.mic_muted()} camera_off={peer.camera_off()} />
                 }) }
@@ -176,7 +176,7 @@ fn call(props: &CallProps) -> Html {
                 <h2>{ format!("Participants ({})", state.peers.len() + 1) }</h2>
                 <ul id="participants">
                     <li data-peer-id={me}>{ format!("{} (you)", props.display_name) }</li>
-                    { for state.peers.iter().map(|(id, peer)| html! { <li key={id.to_string()} data-peer-id={id.to_string()}>{ peer.name() }</li> }) }
+                    { for state.peers_by_arrival().into_iter().map(|(id, peer)| html! { <li key={id.to_string()} data-peer-id={id.to_string()}>{ peer.name() }</li> }) }
                 </ul>
             </aside>
             <nav class="controls">
