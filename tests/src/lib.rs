@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Map, Value};
@@ -142,27 +143,24 @@ impl Browser {
         })
     }
 
-    /// Waits for the element matching `css` to appear, and returns its text.
-    pub async fn text_of(&self, css: &str) -> anyhow::Result<String> {
-        let element = self
-            .client
+    /// Waits for the element matching `css` to appear.
+    pub async fn element(&self, css: &str) -> anyhow::Result<Element> {
+        self.client
             .wait()
             .at_most(UI_TIMEOUT)
             .for_element(Locator::Css(css))
             .await
-            .with_context(|| format!("`{css}` did not appear"))?;
-        Ok(element.text().await?)
+            .with_context(|| format!("`{css}` did not appear"))
+    }
+
+    /// Waits for the element matching `css` to appear, and returns its text.
+    pub async fn text_of(&self, css: &str) -> anyhow::Result<String> {
+        Ok(self.element(css).await?.text().await?)
     }
 
     /// Replaces the text of the input matching `css`.
     pub async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
-        let input = self
-            .client
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css(css))
-            .await
-            .with_context(|| format!("`{css}` did not appear"))?;
+        let input = self.element(css).await?;
         input.clear().await?;
         input.send_keys(text).await?;
         Ok(())
@@ -180,17 +178,10 @@ impl Browser {
 
     /// Waits until the page's path is `path`.
     pub async fn wait_for_path(&self, path: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + UI_TIMEOUT;
-        loop {
-            let current = self.path().await?;
-            if current == path {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the page stayed at {current}, expected {path}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let condition = format!("location.pathname === {}", Value::from(path));
+        self.wait_for(&format!("the page at {path}"), &condition, UI_TIMEOUT)
+            .await
+            .map(drop)
     }
 
     /// Runs `script` as the body of a function in the page and returns what it returns; a
