@@ -13,11 +13,14 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnectionEventHandler,
@@ -61,6 +64,32 @@ pub fn media_and_interceptors() -> webrtc::error::Result<(MediaEngine, Registry)
         // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
         .with(Slot::from(14_000), KeyframeRequestsToApp::default());
     Ok((media, interceptors))
+}
+
+/// A local track to send RTP on, with its own SSRC: without an explicit SSRC the sender would
+/// pick one this track never learns. The encoding names no codec, so every registered codec of
+/// the kind stays negotiable. Tracks with the same `stream_id` share an `a=msid` stream.
+pub fn rtp_track(
+    stream_id: String,
+    track_id: String,
+    kind: RtpCodecKind,
+    ssrc: u32,
+) -> Arc<TrackLocalStaticRTP> {
+    let encoding = RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        active: true,
+        ..Default::default()
+    };
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id,
+        track_id.clone(),
+        track_id,
+        kind,
+        vec![encoding],
+    )))
 }
 
 /// Whether an RTCP packet asks for a keyframe (PLI or FIR).

@@ -12,13 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
 };
@@ -29,7 +26,7 @@ use shared::phoenix::ReplyStatus;
 use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
-use server::webrtc_setup::{ConnectionEvent, EventsToChannel};
+use server::webrtc_setup::{rtp_track, ConnectionEvent, EventsToChannel};
 
 use crate::phoenix::{Channel, PhoenixClient};
 use tokio::sync::mpsc;
@@ -362,22 +359,8 @@ impl Client {
         {
             let id = TrackId::new(peer_id, uuid::Uuid::new_v4());
             let ssrc = rand::random::<u32>();
-            let encoding = RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                active: true,
-                ..Default::default()
-            };
             // One stream for the peer's audio and video, as a browser's getUserMedia gives.
-            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                peer_id.to_string(),
-                id.to_string(),
-                id.to_string(),
-                kind,
-                vec![encoding],
-            )));
+            let track = rtp_track(peer_id.to_string(), id.to_string(), kind, ssrc);
             let sent = Arc::new(Sent::default());
             self.lock().published.insert(id.clone(), sent.clone());
             self.local.push(LocalTrack {
