@@ -94,23 +94,9 @@ async fn two_people_see_and_hear_each_other() -> anyhow::Result<()> {
 async fn a_late_joiner_sees_everyone_and_leaves_cleanly() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
     let server = TestServer::with_client().await?;
-    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
-    let carol = match Browser::launch().await {
-        Ok(carol) => carol,
-        Err(err) => {
-            let _ = tokio::join!(ann.close(), bob.close());
-            return Err(err);
-        }
-    };
+    let (ann, bob, carol) = launch_three().await?;
     let outcome = async {
-        tokio::try_join!(
-            join_from_home(&ann, &server, "retro", "Ann"),
-            join_from_home(&bob, &server, "retro", "Bob"),
-        )?;
-        tokio::try_join!(
-            first_remote_frame(&ann, "Bob", Instant::now()),
-            first_remote_frame(&bob, "Ann", Instant::now()),
-        )?;
+        ann_and_bob_talking(&ann, &bob, &server, "retro").await?;
 
         // A link to the room, with no name remembered: the page asks for one first.
         carol.client.goto(&server.url("/room/retro")).await?;
@@ -409,23 +395,9 @@ async fn denied_camera_and_microphone_still_joins_receive_only() -> anyhow::Resu
 async fn the_others_keep_playing_while_someone_joins_and_leaves() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
     let server = TestServer::with_client().await?;
-    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
-    let carol = match Browser::launch().await {
-        Ok(carol) => carol,
-        Err(err) => {
-            let _ = tokio::join!(ann.close(), bob.close());
-            return Err(err);
-        }
-    };
+    let (ann, bob, carol) = launch_three().await?;
     let outcome = async {
-        tokio::try_join!(
-            join_from_home(&ann, &server, "steady", "Ann"),
-            join_from_home(&bob, &server, "steady", "Bob"),
-        )?;
-        tokio::try_join!(
-            first_remote_frame(&ann, "Bob", Instant::now()),
-            first_remote_frame(&bob, "Ann", Instant::now()),
-        )?;
+        ann_and_bob_talking(&ann, &bob, &server, "steady").await?;
         tokio::try_join!(
             assert_playing(&ann, "Bob", "Ann's page"),
             assert_playing(&bob, "Ann", "Bob's page"),
@@ -512,6 +484,36 @@ fn report_watches(watches: &[(&str, Watch, &Browser, &str, &str)]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// Three browsers; if the third cannot start, the first two are closed.
+async fn launch_three() -> anyhow::Result<(Browser, Browser, Browser)> {
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    match Browser::launch().await {
+        Ok(carol) => Ok((ann, bob, carol)),
+        Err(err) => {
+            let _ = tokio::join!(ann.close(), bob.close());
+            Err(err)
+        }
+    }
+}
+
+/// Ann and Bob join `room` from the home page and each sees the other's first frame.
+async fn ann_and_bob_talking(
+    ann: &Browser,
+    bob: &Browser,
+    server: &TestServer,
+    room: &str,
+) -> anyhow::Result<()> {
+    tokio::try_join!(
+        join_from_home(ann, server, room, "Ann"),
+        join_from_home(bob, server, room, "Bob"),
+    )?;
+    tokio::try_join!(
+        first_remote_frame(ann, "Bob", Instant::now()),
+        first_remote_frame(bob, "Ann", Instant::now()),
+    )?;
+    Ok(())
+}
 
 /// Closes every browser, after dumping each one's state if the test failed.
 async fn finish(outcome: anyhow::Result<()>, browsers: Vec<(&str, Browser)>) -> anyhow::Result<()> {
