@@ -29,7 +29,7 @@ use webrtc::rtp_transceiver::RtpTransceiver;
 
 use crate::forward::{Codec, DownTrack, Fanout};
 use crate::room::{RoomHandle, RoomMessage};
-use crate::sdp::MediaKind;
+use crate::sdp::{self, MediaKind};
 use crate::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
 use crate::Config;
 
@@ -281,6 +281,7 @@ impl Endpoint {
             .map(|description| description.sdp)
             .ok_or("the answer vanished")?;
 
+        self.learn_published_codecs(&sdp);
         let sending = self.start_sending().await;
         self.report(EndpointEvent::Answer { sdp, sending }).await;
         self.answered = true;
@@ -290,17 +291,40 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Notes each published track's codec: the first our answer lists on its m-line. Subscribers
+    /// that negotiate from now on ask for that codec.
+    fn learn_published_codecs(&self, answer: &str) {
+        for section in sdp::media_sections(answer) {
+            let fanout = section
+                .mid
+                .as_ref()
+                .and_then(|mid| self.publications.get(mid));
+            let codec = section
+                .codecs
+                .first()
+                .and_then(|name| Codec::from_mime(name));
+            if let (Some(fanout), Some(codec)) = (fanout, codec) {
+                fanout.set_codec(codec);
+            }
+        }
+    }
+
     async fn subscribe(&mut self, subscription: Subscription) -> Result<(), String> {
         let ssrc = rand::random::<u32>();
         let kind = match subscription.kind {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,
         };
+        // In the publisher's codec, so the leg negotiates it and the sender's NACK responder
+        // and reports are bound.
+        let codec = webrtc_setup::codec(subscription.fanout.codec().mime())
+            .ok_or("a forwarded codec is not registered")?;
         let track = webrtc_setup::rtp_track(
             subscription.stream_id,
             subscription.track_id.to_string(),
             kind,
             ssrc,
+            codec,
         );
         let init = RTCRtpTransceiverInit {
             direction: RTCRtpTransceiverDirection::Sendonly,
@@ -520,6 +544,7 @@ async fn read_published_track(
         tracing::warn!(peer = %peer_id, track = %fanout.track_id, "track in a codec the SFU does not forward");
         return;
     };
+    fanout.set_codec(codec);
     tracing::debug!(peer = %peer_id, track = %fanout.track_id, ?codec, "forwarding");
 
     let mut last_request: Option<Instant> = None;

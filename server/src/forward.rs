@@ -4,7 +4,7 @@
 //! the per-packet path takes no lock held across an await and allocates nothing of its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 use rtc::rtp;
@@ -35,6 +35,14 @@ impl Codec {
         .into_iter()
         .find(|(name, _)| subtype.eq_ignore_ascii_case(name))
         .map(|(_, codec)| codec)
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Codec::Opus => "audio/opus",
+            Codec::Vp8 => "video/VP8",
+            Codec::H264 => "video/H264",
+        }
     }
 }
 
@@ -186,6 +194,8 @@ impl DownTrack {
 pub struct Fanout {
     pub track_id: TrackId,
     pub kind: MediaKind,
+    /// The codec the publisher sends in, once its answer settled it.
+    codec: OnceLock<Codec>,
     down_tracks: ArcSwap<Vec<Arc<DownTrack>>>,
     keyframe_wanted: Notify,
 }
@@ -195,8 +205,21 @@ impl Fanout {
         Arc::new(Fanout {
             track_id,
             kind,
+            codec: OnceLock::new(),
             down_tracks: ArcSwap::default(),
             keyframe_wanted: Notify::new(),
+        })
+    }
+
+    pub fn set_codec(&self, codec: Codec) {
+        let _ = self.codec.set(codec);
+    }
+
+    /// The publisher's codec, or the usual one of the kind while it is not known yet.
+    pub fn codec(&self) -> Codec {
+        self.codec.get().copied().unwrap_or(match self.kind {
+            MediaKind::Audio => Codec::Opus,
+            MediaKind::Video => Codec::Vp8,
         })
     }
 

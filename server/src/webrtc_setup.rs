@@ -66,14 +66,16 @@ pub fn media_and_interceptors() -> webrtc::error::Result<(MediaEngine, Registry)
     Ok((media, interceptors))
 }
 
-/// A local track to send RTP on, with its own SSRC: without an explicit SSRC the sender would
-/// pick one this track never learns. The encoding names no codec, so every registered codec of
-/// the kind stays negotiable. Tracks with the same `stream_id` share an `a=msid` stream.
+/// A local track to send RTP on, in `codec`, with its own SSRC: without an explicit SSRC the
+/// sender would pick one this track never learns, and without a codec the sender would not be
+/// bound to the interceptors (no NACK responses, no sender reports). Tracks with the same
+/// `stream_id` share an `a=msid` stream.
 pub fn rtp_track(
     stream_id: String,
     track_id: String,
     kind: RtpCodecKind,
     ssrc: u32,
+    codec: RTCRtpCodec,
 ) -> Arc<TrackLocalStaticRTP> {
     let encoding = RTCRtpEncodingParameters {
         rtp_coding_parameters: RTCRtpCodingParameters {
@@ -81,6 +83,7 @@ pub fn rtp_track(
             ..Default::default()
         },
         active: true,
+        codec,
         ..Default::default()
     };
     Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -99,51 +102,79 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
 }
 
 /// Opus, VP8 and H264 (constrained baseline, as browsers offer it), with NACK, PLI and FIR
-/// feedback and RTX for video.
-fn media_engine() -> webrtc::error::Result<MediaEngine> {
+/// feedback and RTX for video: (kind, payload type, codec).
+fn codecs() -> Vec<(RtpCodecKind, u8, RTCRtpCodec)> {
     let feedback = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
         parameter: parameter.to_owned(),
     };
-    let video_feedback = vec![
-        feedback("nack", ""),
-        feedback("nack", "pli"),
-        feedback("ccm", "fir"),
-    ];
-    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback, payload_type| {
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                sdp_fmtp_line: fmtp.to_owned(),
-                rtcp_feedback,
-            },
-            payload_type,
-        }
+    let video_feedback = || {
+        vec![
+            feedback("nack", ""),
+            feedback("nack", "pli"),
+            feedback("ccm", "fir"),
+        ]
     };
-    let mut media = MediaEngine::default();
-    media.register_codec(
-        codec(
-            MIME_TYPE_OPUS,
-            48_000,
-            2,
-            "minptime=10;useinbandfec=1",
-            vec![],
-            111,
-        ),
-        RtpCodecKind::Audio,
-    )?;
+    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback| RTCRtpCodec {
+        mime_type: mime.to_owned(),
+        clock_rate,
+        channels,
+        sdp_fmtp_line: fmtp.to_owned(),
+        rtcp_feedback,
+    };
     let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
-    for video in [
-        codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback.clone(), 96),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", vec![], 97),
-        codec(MIME_TYPE_H264, 90_000, 0, h264, video_feedback.clone(), 102),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", vec![], 103),
-    ] {
-        media.register_codec(video, RtpCodecKind::Video)?;
+    let (audio, video) = (RtpCodecKind::Audio, RtpCodecKind::Video);
+    vec![
+        (
+            audio,
+            111,
+            codec(
+                MIME_TYPE_OPUS,
+                48_000,
+                2,
+                "minptime=10;useinbandfec=1",
+                vec![],
+            ),
+        ),
+        (
+            video,
+            96,
+            codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback()),
+        ),
+        (video, 97, codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", vec![])),
+        (
+            video,
+            102,
+            codec(MIME_TYPE_H264, 90_000, 0, h264, video_feedback()),
+        ),
+        (
+            video,
+            103,
+            codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", vec![]),
+        ),
+    ]
+}
+
+fn media_engine() -> webrtc::error::Result<MediaEngine> {
+    let mut media = MediaEngine::default();
+    for (kind, payload_type, rtp_codec) in codecs() {
+        media.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec,
+                payload_type,
+            },
+            kind,
+        )?;
     }
     Ok(media)
+}
+
+/// The registered codec of a MIME type such as `video/VP8` (case-insensitive).
+pub fn codec(mime: &str) -> Option<RTCRtpCodec> {
+    codecs()
+        .into_iter()
+        .map(|(_, _, codec)| codec)
+        .find(|codec| codec.mime_type.eq_ignore_ascii_case(mime))
 }
 
 /// Marks incoming PLI and FIR for the application, which the built-in interceptors never do;

@@ -5,7 +5,7 @@
 //! Every media payload carries the sending track's packet number and send time, and a filler
 //! derived from the number, so a receiver can tell loss, corruption and latency per track.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{
@@ -26,7 +27,7 @@ use shared::phoenix::ReplyStatus;
 use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
-use server::webrtc_setup::{rtp_track, ConnectionEvent, EventsToChannel};
+use server::webrtc_setup::{codec, rtp_track, ConnectionEvent, EventsToChannel};
 
 use crate::phoenix::{Channel, PhoenixClient};
 use tokio::sync::mpsc;
@@ -95,6 +96,10 @@ pub struct Received {
     pub highest_number: Option<u64>,
     /// One-way latency of each packet (sender and receiver share this machine's clock), µs.
     pub latencies_us: Vec<u64>,
+    /// The packet number NACKed on purpose, until it comes again.
+    pub nacked: Option<u64>,
+    /// Packets that came again after a NACK.
+    pub retransmitted: u64,
 }
 
 impl Received {
@@ -139,6 +144,8 @@ pub struct PeerState {
     pub answers: u32,
     /// Set when the server sent an `error` event, or the socket closed.
     pub error: Option<String>,
+    /// Tracks whose next packet is to be NACKed as if lost, to see it retransmitted.
+    pub nack_next: BTreeSet<TrackId>,
 }
 
 /// A synthetic peer in a room.
@@ -216,6 +223,16 @@ impl SyntheticPeer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// NACKs the next packet of `track` as if it were lost; [`Received::retransmitted`] counts
+    /// it when it comes again.
+    pub fn nack_next_packet(&self, track: &TrackId) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .nack_next
+            .insert(track.clone());
     }
 
     /// Sends any media event, as a misbehaving client might.
@@ -360,7 +377,13 @@ impl Client {
             let id = TrackId::new(peer_id, uuid::Uuid::new_v4());
             let ssrc = rand::random::<u32>();
             // One stream for the peer's audio and video, as a browser's getUserMedia gives.
-            let track = rtp_track(peer_id.to_string(), id.to_string(), kind, ssrc);
+            let mime = if kind == RtpCodecKind::Audio {
+                "audio/opus"
+            } else {
+                "video/VP8"
+            };
+            let codec = codec(mime).expect("Opus and VP8 are registered");
+            let track = rtp_track(peer_id.to_string(), id.to_string(), kind, ssrc, codec);
             let sent = Arc::new(Sent::default());
             self.lock().published.insert(id.clone(), sent.clone());
             self.local.push(LocalTrack {
@@ -715,6 +738,61 @@ async fn send_media(
     }
 }
 
+/// One packet as it arrived, for [`account`].
+struct Arrival<'a> {
+    kind: Option<RtpCodecKind>,
+    stream_id: &'a Option<String>,
+    bytes: usize,
+    keyframe: bool,
+    /// Its packet number and send time, when the payload is intact.
+    checked: Option<(u64, u64)>,
+    /// Since the peer joined.
+    now: Duration,
+}
+
+/// Counts one packet of `track_id`. Returns whether to NACK it, as if it were lost, to see it
+/// retransmitted (a retransmission is counted apart, not as a packet).
+fn account(state: &mut PeerState, track_id: &TrackId, arrival: Arrival<'_>) -> bool {
+    let nack_this = state.nack_next.remove(track_id);
+    let received = state.received.entry(track_id.clone()).or_default();
+    let number = arrival.checked.map(|(number, _)| number);
+    if number.is_some() && received.nacked == number {
+        received.nacked = None;
+        received.retransmitted += 1;
+        return false;
+    }
+    received.kind = arrival.kind;
+    received.stream_id.clone_from(arrival.stream_id);
+    received.packets += 1;
+    received.bytes += arrival.bytes as u64;
+    received.first_packet.get_or_insert(arrival.now);
+    if arrival.keyframe {
+        received.keyframes += 1;
+        received.first_keyframe.get_or_insert(arrival.now);
+    }
+    match arrival.checked {
+        Some((number, sent_at)) => {
+            received.highest_number = received.highest_number.max(Some(number));
+            received.lowest_number = Some(
+                received
+                    .lowest_number
+                    .map_or(number, |lowest| lowest.min(number)),
+            );
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as u64;
+            received.latencies_us.push(now_us.saturating_sub(sent_at));
+        }
+        None => received.corrupt += 1,
+    }
+    let nack = nack_this && number.is_some();
+    if nack {
+        received.nacked = number;
+    }
+    nack
+}
+
 /// How often a receiver without a decodable picture asks again, as browsers do.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -770,32 +848,28 @@ async fn receive_track(
                     let _ = track.write_rtcp(vec![Box::new(pli)]).await;
                 }
                 let now = joined_at.elapsed();
-                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                let received = state.received.entry(track_id.clone()).or_default();
-                received.kind = kind;
-                received.stream_id.clone_from(&stream_id);
-                received.packets += 1;
-                received.bytes += packet.payload.len() as u64;
-                received.first_packet.get_or_insert(now);
-                if keyframe {
-                    received.keyframes += 1;
-                    received.first_keyframe.get_or_insert(now);
-                }
-                match checked {
-                    Some((number, sent_at)) => {
-                        received.highest_number = received.highest_number.max(Some(number));
-                        received.lowest_number = Some(
-                            received
-                                .lowest_number
-                                .map_or(number, |lowest| lowest.min(number)),
-                        );
-                        let now_us = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .as_micros() as u64;
-                        received.latencies_us.push(now_us.saturating_sub(sent_at));
-                    }
-                    None => received.corrupt += 1,
+                let nack = account(
+                    &mut state.lock().unwrap_or_else(PoisonError::into_inner),
+                    track_id,
+                    Arrival {
+                        kind,
+                        stream_id: &stream_id,
+                        bytes: packet.payload.len(),
+                        keyframe,
+                        checked,
+                        now,
+                    },
+                );
+                if nack {
+                    let nack = TransportLayerNack {
+                        sender_ssrc: 0,
+                        media_ssrc: packet.header.ssrc,
+                        nacks: vec![NackPair {
+                            packet_id: packet.header.sequence_number,
+                            lost_packets: 0,
+                        }],
+                    };
+                    let _ = track.write_rtcp(vec![Box::new(nack)]).await;
                 }
             }
             _ => {}

@@ -328,3 +328,29 @@ async fn a_bad_offer_removes_only_its_sender() -> anyhow::Result<()> {
     bob.leave().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_subscriber_that_reports_a_video_packet_lost_gets_it_again() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let ann = join(&server, "nack", PeerOptions::publishing("Ann")).await?;
+    let bob = join(&server, "nack", PeerOptions::publishing("Bob")).await?;
+    let bob_tracks = published(&bob);
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+    let video = bob_tracks
+        .iter()
+        .find(|id| ann.state(|state| state.received[*id].kind == Some(RtpCodecKind::Video)))
+        .expect("Bob publishes video")
+        .clone();
+    // Three NACKs in turn: each packet comes again from the server's send buffer.
+    for round in 1..=3 {
+        ann.nack_next_packet(&video);
+        ann.wait_until("the NACKed packet again", Duration::from_secs(3), |state| {
+            state.received[&video].retransmitted >= round
+        })
+        .await?;
+    }
+    check_received("Ann", &ann, &bob_tracks);
+    ann.leave().await;
+    bob.leave().await;
+    Ok(())
+}
