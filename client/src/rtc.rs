@@ -166,6 +166,13 @@ impl Session {
         match event {
             ServerEvent::PeerAccepted(accepted) => {
                 self.inner.borrow_mut().me = Some(accepted.id.clone());
+                // With tracks in the room the server sends `offerData` unprompted (protocol §3,
+                // step 4), and our offer to it carries our tracks: asking again would only add
+                // a second negotiation round to the join.
+                let offer_coming = accepted
+                    .peers_in_room
+                    .iter()
+                    .any(|peer| !peer.track_id_to_metadata.is_empty());
                 let peers = accepted
                     .peers_in_room
                     .into_iter()
@@ -175,7 +182,7 @@ impl Session {
                     me: accepted.id.clone(),
                     peers,
                 });
-                if self.add_local_tracks(&accepted.id) {
+                if self.add_local_tracks(&accepted.id) && !offer_coming {
                     self.push(ClientEvent::RenegotiateTracks);
                 }
             }
