@@ -117,14 +117,21 @@ fn h264_has_keyframe(payload: &[u8]) -> bool {
     }
 }
 
-/// Makes a publisher's packet fit a subscriber's leg: its SSRC and payload type there, and no
-/// header extensions (their ids are negotiated per leg).
-pub fn rewrite_for_leg(header: &mut rtp::Header, ssrc: u32, payload_type: u8) {
-    header.ssrc = ssrc;
-    header.payload_type = payload_type;
-    header.extension = false;
-    header.extension_profile = 0;
-    header.extensions.clear();
+/// A publisher's header made fit for a subscriber's leg: its SSRC and payload type there, and no
+/// header extensions (their ids are negotiated per leg). Built field by field, so the
+/// publisher's extensions are never copied (no allocation per packet and subscriber).
+pub fn header_for_leg(header: &rtp::Header, ssrc: u32, payload_type: u8) -> rtp::Header {
+    rtp::Header {
+        version: header.version,
+        padding: header.padding,
+        marker: header.marker,
+        payload_type,
+        sequence_number: header.sequence_number,
+        timestamp: header.timestamp,
+        ssrc,
+        csrc: header.csrc.clone(),
+        ..Default::default()
+    }
 }
 
 /// A subscriber's copy of one published track.
@@ -269,8 +276,11 @@ impl Fanout {
                 self.request_keyframe();
                 continue;
             };
-            let mut copy = packet.clone();
-            rewrite_for_leg(&mut copy.header, down_track.ssrc, payload_type);
+            let copy = rtp::Packet {
+                header: header_for_leg(&packet.header, down_track.ssrc, payload_type),
+                // Shared, not copied.
+                payload: packet.payload.clone(),
+            };
             // Fails only once the subscriber's connection is closing; it is detached then.
             let _ = down_track.track.write_rtp(copy).await;
         }
@@ -339,7 +349,7 @@ mod tests {
 
     #[test]
     fn rewriting_sets_the_leg_and_drops_extensions() {
-        let mut header = rtp::Header {
+        let publisher = rtp::Header {
             version: 2,
             extension: true,
             extension_profile: 0xbede,
@@ -354,7 +364,7 @@ mod tests {
             marker: true,
             ..Default::default()
         };
-        rewrite_for_leg(&mut header, 0x2222, 100);
+        let header = header_for_leg(&publisher, 0x2222, 100);
         assert_eq!((header.ssrc, header.payload_type), (0x2222, 100));
         assert!(!header.extension && header.extensions.is_empty());
         // Sequence numbers, timestamps and the marker pass through: one source per down-track.
