@@ -391,15 +391,13 @@ impl Endpoint {
         let mut unplaced = Vec::new();
         for (track_id, subscribed) in &mut self.subscriptions {
             let mid = subscribed.transceiver.mid().await.ok().flatten();
-            let Some(sender) = subscribed.transceiver.sender().await.ok().flatten() else {
+            let sender = subscribed.transceiver.sender().await.ok().flatten();
+            let (Some(mid), Some(sender)) = (mid, sender) else {
+                // The offer had no m-line left for it (a client that offered fewer slots than
+                // `tracksTypes` asked for): it is dropped, and the answer does not name it.
                 unplaced.push(track_id.clone());
                 continue;
             };
-            if mid.is_none() {
-                // The offer had no m-line left for it: it waits for the next negotiation.
-                unplaced.push(track_id.clone());
-                continue;
-            }
             let payload_types = match sender.get_parameters().await {
                 Ok(parameters) => parameters
                     .rtp_parameters
@@ -418,7 +416,7 @@ impl Endpoint {
             if subscribed.mid.is_none() {
                 subscribed.fanout.attach(subscribed.down_track.clone());
             }
-            subscribed.mid = mid;
+            subscribed.mid = Some(mid);
         }
         for track_id in unplaced {
             tracing::warn!(peer = %self.peer_id, track = %track_id, "no m-line to send the track on");

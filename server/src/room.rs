@@ -145,14 +145,11 @@ struct Track {
     fanout: Arc<Fanout>,
 }
 
-/// Why a peer is removed from the room, told to it as an `error` event.
+/// Why a peer is removed from the room (a bad offer, a failed connection), told to it as an
+/// `error` event.
 #[derive(Debug, Error)]
-enum PeerFault {
-    #[error("{0}")]
-    BadOffer(String),
-    #[error("{0}")]
-    Endpoint(String),
-}
+#[error("{0}")]
+struct PeerFault(String);
 
 impl Room {
     async fn run(mut self, mut mailbox: Mailbox, registry: Registry) {
@@ -360,9 +357,6 @@ impl Room {
             .map(|(mid, (id, _))| (mid.clone(), id.clone()))
             .collect();
 
-        for removed in old.difference(&new) {
-            self.tracks.remove(removed);
-        }
         for (track_id, kind) in published.values() {
             let metadata = offer
                 .track_id_to_track_metadata
@@ -418,19 +412,36 @@ impl Room {
         }
         if !removed.is_empty() {
             self.announce_removed(peer_id, &removed);
+            self.forget_tracks(&removed);
         }
         if !added.is_empty() || !removed.is_empty() {
-            let others: Vec<PeerId> = self
-                .peers
-                .keys()
-                .filter(|id| *id != peer_id)
-                .cloned()
-                .collect();
-            for other in others {
-                self.renegotiate(&other);
-            }
+            self.renegotiate_all_but(Some(peer_id));
         }
         Ok(())
+    }
+
+    /// Drops tracks that stopped: from the room, and from what each peer receives and knows.
+    fn forget_tracks(&mut self, removed: &BTreeSet<TrackId>) {
+        for track_id in removed {
+            self.tracks.remove(track_id);
+        }
+        for peer in self.peers.values_mut() {
+            peer.receiving.retain(|_, id| !removed.contains(id));
+            peer.known.retain(|id| !removed.contains(id));
+        }
+    }
+
+    /// Renegotiates every peer but `except`: what they receive changed.
+    fn renegotiate_all_but(&mut self, except: Option<&PeerId>) {
+        let peers: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|id| Some(*id) != except)
+            .cloned()
+            .collect();
+        for peer_id in peers {
+            self.renegotiate(&peer_id);
+        }
     }
 
     /// Tells each other peer which of `removed` it was receiving (only those: the client looks
@@ -450,10 +461,6 @@ impl Room {
                 })
             })
         });
-        for peer in self.peers.values_mut() {
-            peer.receiving.retain(|_, id| !removed.contains(id));
-            peer.known.retain(|id| !removed.contains(id));
-        }
     }
 
     fn on_endpoint_event(&mut self, peer_id: &PeerId, event: EndpointEvent) {
@@ -485,9 +492,7 @@ impl Room {
                     ServerEvent::Candidate(ServerCandidate::bundled(candidate)),
                 );
             }
-            EndpointEvent::Failed(reason) => {
-                self.remove_peer(peer_id, Some(PeerFault::Endpoint(reason)))
-            }
+            EndpointEvent::Failed(reason) => self.remove_peer(peer_id, Some(PeerFault(reason))),
         }
     }
 
@@ -550,22 +555,13 @@ impl Room {
         }
         // Dropping the peer's endpoint handle (with `peer`) closes its connection.
         let removed: BTreeSet<TrackId> = peer.published.into_values().collect();
-        for track_id in &removed {
-            self.tracks.remove(track_id);
-        }
-        for other in self.peers.values_mut() {
-            other.receiving.retain(|_, id| !removed.contains(id));
-            other.known.retain(|id| !removed.contains(id));
-        }
+        self.forget_tracks(&removed);
         let left = ServerEvent::PeerLeft(PeerLeft {
             peer_id: peer_id.clone(),
         });
         self.broadcast(None, |_| Some(left.clone()));
         if !removed.is_empty() {
-            let others: Vec<PeerId> = self.peers.keys().cloned().collect();
-            for other in others {
-                self.renegotiate(&other);
-            }
+            self.renegotiate_all_but(None);
         }
     }
 
@@ -632,24 +628,24 @@ fn published_tracks(
         match section.direction {
             Direction::RecvOnly | Direction::Inactive => continue,
             Direction::SendRecv => {
-                return Err(PeerFault::BadOffer(format!(
+                return Err(PeerFault(format!(
                 "m-line {mid} is sendrecv: offer your tracks sendonly and receiving slots recvonly"
             )))
             }
             Direction::SendOnly => {}
         }
         let track_id = offer.mid_to_track_id.get(&mid).ok_or_else(|| {
-            PeerFault::BadOffer(format!(
+            PeerFault(format!(
                 "m-line {mid} sends a track missing from midToTrackId"
             ))
         })?;
         if !track_id.is_owned_by(peer_id) {
-            return Err(PeerFault::BadOffer(format!(
+            return Err(PeerFault(format!(
                 "track {track_id} belongs to another peer"
             )));
         }
         if !section.has_forwardable_codec() {
-            return Err(PeerFault::BadOffer(format!(
+            return Err(PeerFault(format!(
                 "m-line {mid} offers no codec videoroom can forward (Opus for audio, VP8 or H264 for video)"
             )));
         }
