@@ -107,6 +107,10 @@ pub async fn serve(ws: WebSocket, rooms: Registry) {
             () = sleep_until(deadline) => break Some(CLOSE_IDLE),
         }
     };
+    // Leave the rooms first: the others hear of it at once, not after the close handshake.
+    for (_, channel) in socket.channels.drain() {
+        channel.leave_room().await;
+    }
     if let Some(close) = close {
         tracing::info!(reason = close.reason, "closing socket");
         let frame = CloseFrame {
@@ -124,9 +128,6 @@ pub async fn serve(ws: WebSocket, rooms: Registry) {
             }
         })
         .await;
-    }
-    for (_, channel) in socket.channels.drain() {
-        channel.leave_room().await;
     }
 }
 
