@@ -87,20 +87,11 @@ impl Session {
         if let Some(problem) = local.problem {
             dispatch.emit(RoomAction::Problem(problem));
         }
-        let has = |kind: &str| {
-            local.stream.as_ref().is_some_and(|stream| {
-                let tracks = if kind == "audio" {
-                    stream.get_audio_tracks()
-                } else {
-                    stream.get_video_tracks()
-                };
-                tracks.length() > 0
-            })
-        };
+        let has = |track_type| !tracks_of(local.stream.as_ref(), Some(track_type)).is_empty();
         dispatch.emit(RoomAction::LocalMedia {
             stream: local.stream.clone(),
-            has_mic: has("audio"),
-            has_camera: has("video"),
+            has_mic: has(TrackType::Audio),
+            has_camera: has(TrackType::Camera),
         });
         if self.inner.borrow().left {
             stop_tracks(local.stream.as_ref());
@@ -258,14 +249,7 @@ impl Session {
     /// Gives each local track its id `<peerId>:<uuid>`; false when there is nothing to publish.
     fn add_local_tracks(&self, me: &PeerId) -> bool {
         let mut inner = self.inner.borrow_mut();
-        let Some(stream) = inner.local_stream.clone() else {
-            return false;
-        };
-        let tracks = stream.get_tracks();
-        for track in tracks
-            .iter()
-            .filter_map(|track| track.dyn_into::<MediaStreamTrack>().ok())
-        {
+        for track in tracks_of(inner.local_stream.as_ref(), None) {
             let track_type = if track.kind() == "audio" {
                 TrackType::Audio
             } else {
@@ -457,6 +441,10 @@ impl Session {
 
     /// Turns the microphone (`TrackType::Audio`) or camera on or off, and tells the others.
     pub fn set_enabled(&self, track_type: TrackType, on: bool) {
+        // The tracks themselves switch even before joining, when they have no ids yet.
+        for track in tracks_of(self.inner.borrow().local_stream.as_ref(), Some(track_type)) {
+            track.set_enabled(on);
+        }
         let updates: Vec<ClientEvent> = self
             .inner
             .borrow()
@@ -464,29 +452,12 @@ impl Session {
             .iter()
             .filter(|local| local.track_type == track_type)
             .map(|local| {
-                local.track.set_enabled(on);
                 ClientEvent::UpdateTrackMetadata(UpdateTrackMetadata {
                     track_id: local.id.clone(),
                     track_metadata: track_metadata(local.track_type, on),
                 })
             })
             .collect();
-        // Before joining there are no track ids yet: the tracks themselves still switch.
-        if updates.is_empty() {
-            if let Some(stream) = &self.inner.borrow().local_stream {
-                let tracks = if track_type == TrackType::Audio {
-                    stream.get_audio_tracks()
-                } else {
-                    stream.get_video_tracks()
-                };
-                for track in tracks
-                    .iter()
-                    .filter_map(|track| track.dyn_into::<MediaStreamTrack>().ok())
-                {
-                    track.set_enabled(on);
-                }
-            }
-        }
         for update in updates {
             self.push(update);
         }
@@ -516,15 +487,25 @@ impl Session {
 }
 
 fn stop_tracks(stream: Option<&MediaStream>) {
-    if let Some(stream) = stream {
-        for track in stream
-            .get_tracks()
-            .iter()
-            .filter_map(|track| track.dyn_into::<MediaStreamTrack>().ok())
-        {
-            track.stop();
-        }
+    for track in tracks_of(stream, None) {
+        track.stop();
     }
+}
+
+/// The stream's microphone (`Audio`) or camera (any other type) tracks, or all of them.
+fn tracks_of(stream: Option<&MediaStream>, track_type: Option<TrackType>) -> Vec<MediaStreamTrack> {
+    let Some(stream) = stream else {
+        return Vec::new();
+    };
+    let tracks = match track_type {
+        None => stream.get_tracks(),
+        Some(TrackType::Audio) => stream.get_audio_tracks(),
+        Some(_) => stream.get_video_tracks(),
+    };
+    tracks
+        .iter()
+        .filter_map(|track| track.dyn_into().ok())
+        .collect()
 }
 
 fn transceivers(pc: &RtcPeerConnection) -> Vec<RtcRtpTransceiver> {
