@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use shared::server_event::{TurnServer, TurnTransport};
 
+use crate::limits::Limits;
+use crate::test_hooks::TestHooks;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "videoroom",
@@ -52,9 +55,12 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_TURN_PASSWORD", default_value = "")]
     pub turn_password: String,
 
-    /// Peers a room admits; later joiners get `peerDenied`.
-    #[arg(long, env = "VIDEOROOM_MAX_PEERS", default_value_t = 25)]
-    pub max_peers_per_room: usize,
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// Faults a test injects; never set from the command line or the environment.
+    #[arg(skip)]
+    pub test_hooks: Option<TestHooks>,
 }
 
 impl Config {

@@ -2,13 +2,19 @@
 //! One task owns the connection and takes commands from the room in order; what happens on the
 //! connection (answers, candidates, failure) goes back to the room. Each published track gets a
 //! reader task that hands its packets straight to the track's [`Fanout`].
+//!
+//! The connection is ICE-lite (it answers the browser's checks and never sends any of its own,
+//! so a client cannot aim it at addresses of its choosing) and has no mDNS listener. It must
+//! connect within [`ICE_DEADLINE`] of an answer. A panic in the endpoint's task is caught by
+//! its supervisor, which reports the peer failed; the connection closes as the task unwinds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{
@@ -16,6 +22,7 @@ use rtc::rtp_transceiver::{
 };
 use shared::server_event::TurnServer;
 use shared::{PeerId, TrackId};
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
@@ -28,10 +35,18 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::RtpTransceiver;
 
 use crate::forward::{Codec, DownTrack, Fanout};
+use crate::limits::{Quota, QuotaGuard};
 use crate::room::{RoomHandle, RoomMessage};
 use crate::sdp::{self, MediaKind};
 use crate::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
 use crate::Config;
+
+/// How long the media connection may take to come up after an answer.
+pub const ICE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Commands waiting for an endpoint: a negotiation and the candidates of one offer fit many
+/// times over; a room that finds the queue full drops the peer.
+const COMMAND_CAPACITY: usize = 256;
 
 /// How the server's peer connections are set up.
 pub struct RtcSettings {
@@ -39,8 +54,8 @@ pub struct RtcSettings {
     pub announce_ip: Option<IpAddr>,
     pub ports: Option<PortRange>,
     pub turn_servers: Vec<TurnServer>,
-    /// Peer connections open now, across all rooms.
-    pub live_connections: AtomicUsize,
+    /// Peer connections open now, across all rooms (at most one a peer).
+    pub peer_connections: Arc<Quota>,
 }
 
 impl RtcSettings {
@@ -54,7 +69,7 @@ impl RtcSettings {
                 next: AtomicU16::new(first),
             }),
             turn_servers: config.turn_servers(),
-            live_connections: AtomicUsize::new(0),
+            peer_connections: Quota::new(config.limits.max_peers_total),
         }
     }
 
@@ -101,6 +116,8 @@ impl PortRange {
 enum Command {
     Negotiate(Negotiation),
     RemoteCandidate(String),
+    /// The test hook: panic in the endpoint's task.
+    Panic,
 }
 
 /// One round of negotiation: the client's offer, the tracks it publishes, and the tracks it
@@ -133,25 +150,59 @@ pub enum EndpointEvent {
     Failed(String),
 }
 
+/// The endpoint cannot take more commands: its queue is full, or it is gone.
+#[derive(Debug, Error)]
+#[error("the peer's media connection is not taking requests (too many queued, or it failed)")]
+pub struct EndpointBusy;
+
 /// The room's side of an endpoint. Dropping it closes the peer connection.
 pub struct EndpointHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
 }
 
 impl EndpointHandle {
-    pub fn spawn(peer_id: PeerId, settings: Arc<RtcSettings>, room: RoomHandle) -> EndpointHandle {
-        // Unbounded: commands are signaling, a few per negotiation, and the room never waits.
-        let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(peer_id, settings, room, receiver));
-        EndpointHandle { commands }
+    /// Starts the endpoint of `peer_id`, if the server may open one more peer connection.
+    pub fn spawn(
+        peer_id: PeerId,
+        settings: Arc<RtcSettings>,
+        room: RoomHandle,
+    ) -> Result<EndpointHandle, String> {
+        let open = settings.peer_connections.try_take().ok_or_else(|| {
+            format!(
+                "the server holds its limit of {} peer connections (--max-peers-total)",
+                settings.peer_connections.max()
+            )
+        })?;
+        let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
+        let task = tokio::spawn(run(peer_id.clone(), settings, room.clone(), receiver, open));
+        tokio::spawn(supervise(task, peer_id, room));
+        Ok(EndpointHandle { commands })
     }
 
-    pub fn negotiate(&self, negotiation: Negotiation) {
-        let _ = self.commands.send(Command::Negotiate(negotiation));
+    pub fn negotiate(&self, negotiation: Negotiation) -> Result<(), EndpointBusy> {
+        self.send(Command::Negotiate(negotiation))
     }
 
-    pub fn add_candidate(&self, candidate: String) {
-        let _ = self.commands.send(Command::RemoteCandidate(candidate));
+    pub fn add_candidate(&self, candidate: String) -> Result<(), EndpointBusy> {
+        self.send(Command::RemoteCandidate(candidate))
+    }
+
+    pub fn inject_panic(&self) {
+        let _ = self.send(Command::Panic);
+    }
+
+    fn send(&self, command: Command) -> Result<(), EndpointBusy> {
+        self.commands.try_send(command).map_err(|_| EndpointBusy)
+    }
+}
+
+/// Waits for an endpoint's task, and reports the peer failed if the task panicked.
+async fn supervise(task: JoinHandle<()>, peer_id: PeerId, room: RoomHandle) {
+    let Err(err) = task.await else { return };
+    if err.is_panic() {
+        tracing::error!(peer = %peer_id, %err, "the endpoint task panicked");
+        let event = EndpointEvent::Failed("internal server error".to_owned());
+        report(&room, &peer_id, event).await;
     }
 }
 
@@ -159,7 +210,8 @@ async fn run(
     peer_id: PeerId,
     settings: Arc<RtcSettings>,
     room: RoomHandle,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::Receiver<Command>,
+    _open: QuotaGuard,
 ) {
     let (events, mut connection_events) = mpsc::unbounded_channel();
     let handler = Arc::new(EventsToChannel(events));
@@ -171,7 +223,6 @@ async fn run(
             return;
         }
     };
-    settings.live_connections.fetch_add(1, Ordering::Relaxed);
     let mut endpoint = Endpoint {
         peer_id,
         pc,
@@ -182,9 +233,13 @@ async fn run(
         local_candidates: Vec::new(),
         early_candidates: Vec::new(),
         answered: false,
+        connected: false,
+        connect_due: None,
         readers: Vec::new(),
+        closed: false,
     };
     loop {
+        let due = endpoint.connect_due;
         tokio::select! {
             command = commands.recv() => match command {
                 None => break,
@@ -194,12 +249,20 @@ async fn run(
                     }
                 }
                 Some(Command::RemoteCandidate(candidate)) => endpoint.add_remote_candidate(candidate).await,
+                Some(Command::Panic) => panic!("test hook: a panic in the endpoint of {}", endpoint.peer_id),
             },
             Some(event) = connection_events.recv() => endpoint.on_connection_event(event).await,
+            () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                endpoint.connect_due = None;
+                let reason = format!(
+                    "the media connection did not come up within {} s of the answer",
+                    ICE_DEADLINE.as_secs()
+                );
+                endpoint.report(EndpointEvent::Failed(reason)).await;
+            }
         }
     }
     endpoint.close().await;
-    settings.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 struct Endpoint {
@@ -216,7 +279,13 @@ struct Endpoint {
     /// The client's candidates that came before its first offer.
     early_candidates: Vec<String>,
     answered: bool,
+    /// Whether ICE and DTLS are up now.
+    connected: bool,
+    /// When the connection must be up by, after an answer.
+    connect_due: Option<Instant>,
     readers: Vec<JoinHandle<()>>,
+    /// Set once the connection was closed in order; a dropped endpoint closes it otherwise.
+    closed: bool,
 }
 
 /// A track this endpoint sends to its client.
@@ -285,6 +354,9 @@ impl Endpoint {
         let sending = self.start_sending().await;
         self.report(EndpointEvent::Answer { sdp, sending }).await;
         self.answered = true;
+        if !self.connected {
+            self.connect_due = Some(Instant::now() + ICE_DEADLINE);
+        }
         for candidate in self.local_candidates.clone() {
             self.report(EndpointEvent::Candidate(candidate)).await;
         }
@@ -466,22 +538,38 @@ impl Endpoint {
                 self.readers.push(tokio::spawn(reader));
             }
             ConnectionEvent::State(RTCPeerConnectionState::Connected) => {
+                self.connected = true;
+                self.connect_due = None;
                 // Keyframes sent before the media path was up were lost: ask again.
                 for subscribed in self.subscriptions.values() {
                     subscribed.fanout.request_keyframe();
                 }
             }
             ConnectionEvent::State(RTCPeerConnectionState::Failed) => {
+                self.connected = false;
                 self.report(EndpointEvent::Failed(
                     "the media connection failed (ICE or DTLS)".to_owned(),
                 ))
                 .await;
             }
+            ConnectionEvent::State(RTCPeerConnectionState::Disconnected) => self.connected = false,
             ConnectionEvent::State(_) => {}
         }
     }
 
-    async fn close(self) {
+    async fn close(mut self) {
+        if let Err(err) = self.pc.close().await {
+            tracing::debug!(peer = %self.peer_id, %err, "closing the peer connection");
+        }
+        self.closed = true;
+        tracing::debug!(peer = %self.peer_id, "peer connection closed");
+    }
+}
+
+impl Drop for Endpoint {
+    /// Stops forwarding to and from this peer, however the endpoint ends: in order, or by
+    /// a panic unwinding its task (then the connection is closed here, in the background).
+    fn drop(&mut self) {
         for subscribed in self.subscriptions.values() {
             subscribed.fanout.detach(&subscribed.down_track);
             subscribed.feedback.abort();
@@ -489,10 +577,10 @@ impl Endpoint {
         for reader in &self.readers {
             reader.abort();
         }
-        if let Err(err) = self.pc.close().await {
-            tracing::debug!(peer = %self.peer_id, %err, "closing the peer connection");
+        if !self.closed {
+            let pc = self.pc.clone();
+            tokio::spawn(async move { pc.close().await });
         }
-        tracing::debug!(peer = %self.peer_id, "peer connection closed");
     }
 }
 
@@ -596,6 +684,8 @@ async fn connect(
         rtc::ice::network_type::NetworkType::Udp6
     };
     let mut setting_engine = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(settings.media_ip.is_loopback())
         .with_network_types(vec![network]);
     if let Some(ip) = settings.announce_ip {

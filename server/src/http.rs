@@ -1,12 +1,13 @@
 //! HTTP routes: the single-page client (its pages and its assets), `/health`, `/stats`, and the
 //! Phoenix socket's WebSocket upgrade at `/socket/websocket`.
 
-use axum::extract::{State, WebSocketUpgrade};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::MAX_MESSAGE_LEN;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -49,14 +50,26 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
         .layer(CompressionLayer::new())
 }
 
-/// `GET /socket/websocket?vsn=2.0.0`: the Phoenix V2 socket.
-async fn upgrade(ws: WebSocketUpgrade, State(rooms): State<Registry>) -> Response {
+/// `GET /socket/websocket?vsn=2.0.0`: the Phoenix V2 socket. A client address with all the
+/// sockets it may have gets its socket closed at once, with the reason.
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    State(rooms): State<Registry>,
+) -> Response {
     // Messages over our limit but within twice it still reach the socket, which answers them
-    // with a clear error; beyond that the WebSocket layer closes the connection.
-    ws.max_message_size(2 * MAX_MESSAGE_LEN)
-        .on_upgrade(move |ws| socket::serve(ws, rooms))
+    // with a clear error; beyond that the WebSocket layer refuses them and the socket closes.
+    let max_frame = rooms.limits().max_frame_bytes;
+    let ws = ws
+        .max_message_size(2 * max_frame)
+        .max_frame_size(2 * max_frame);
+    let quota = rooms.sockets_per_address().clone();
+    match quota.try_take(client.ip()) {
+        Some(admitted) => ws.on_upgrade(move |ws| socket::serve(ws, rooms, client, admitted)),
+        None => ws.on_upgrade(move |ws| socket::refuse(ws, client, quota.max())),
+    }
 }
 
 async fn stats(State(rooms): State<Registry>) -> Json<Counts> {
-    Json(rooms.counts().await)
+    Json(rooms.counts())
 }

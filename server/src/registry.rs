@@ -1,14 +1,16 @@
 //! The rooms of this server by name: a room is created by its first join and forgotten when its
 //! task ends (its last peer left). The map is only looked up and updated here, never held
-//! across an await; each room's state is owned by its own task.
+//! across an await; each room's state is owned by its own task. The registry also holds the
+//! server-wide quotas: peers and rooms overall, signaling sockets per address.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shared::{Metadata, PeerId, RoomId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::limits::{AddressQuota, Limits, Quota};
 use crate::room::{self, JoinRefused, RoomHandle, RoomMessage, RoomSettings};
 use crate::socket::Outbox;
 
@@ -21,6 +23,10 @@ struct Inner {
     rooms: Mutex<HashMap<RoomId, RoomHandle>>,
     next_generation: AtomicU64,
     settings: Arc<RoomSettings>,
+    limits: Arc<Limits>,
+    open_rooms: Arc<Quota>,
+    joined_peers: Arc<Quota>,
+    sockets_per_address: Arc<AddressQuota>,
 }
 
 /// How many rooms and peers the server has now (for `/stats` and tests).
@@ -34,13 +40,31 @@ pub struct Counts {
 
 impl Registry {
     pub fn new(settings: RoomSettings) -> Registry {
+        let limits = settings.limits.clone();
         Registry {
             inner: Arc::new(Inner {
                 rooms: Mutex::default(),
                 next_generation: AtomicU64::new(0),
+                open_rooms: Quota::new(limits.max_rooms),
+                joined_peers: Quota::new(limits.max_peers_total),
+                sockets_per_address: AddressQuota::new(limits.max_sockets_per_ip),
+                limits,
                 settings: Arc::new(settings),
             }),
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn settings(&self) -> &RoomSettings {
+        &self.inner.settings
+    }
+
+    /// Signaling sockets per client address.
+    pub fn sockets_per_address(&self) -> &Arc<AddressQuota> {
+        &self.inner.sockets_per_address
     }
 
     /// Adds a peer to the room `room_id`, creating the room if needed. A room that is closing
@@ -54,12 +78,18 @@ impl Registry {
     ) -> Result<RoomHandle, JoinRefused> {
         const ATTEMPTS: usize = 3;
         for _ in 0..ATTEMPTS {
-            let room = self.room(room_id);
+            let seat = self
+                .inner
+                .joined_peers
+                .try_take()
+                .ok_or(JoinRefused::ServerFull(self.inner.joined_peers.max()))?;
+            let room = self.room(room_id)?;
             let (reply, answer) = oneshot::channel();
             let join = RoomMessage::Join {
                 peer_id: peer_id.clone(),
                 metadata: metadata.clone(),
                 outbox: outbox.clone(),
+                seat,
                 reply,
             };
             if room.send(join).await.is_err() {
@@ -75,23 +105,29 @@ impl Registry {
         Err(JoinRefused::Unavailable)
     }
 
-    /// The live room of that name, or a new one.
-    fn room(&self, room_id: &RoomId) -> RoomHandle {
+    /// The live room of that name, or a new one if the server may open one more.
+    fn room(&self, room_id: &RoomId) -> Result<RoomHandle, JoinRefused> {
         let mut rooms = self.lock();
         if let Some(room) = rooms.get(room_id) {
             if !room.is_closed() {
-                return room.clone();
+                return Ok(room.clone());
             }
         }
+        let open = self
+            .inner
+            .open_rooms
+            .try_take()
+            .ok_or(JoinRefused::TooManyRooms(self.inner.open_rooms.max()))?;
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let room = room::spawn(
             room_id.clone(),
             generation,
+            open,
             self.clone(),
             self.inner.settings.clone(),
         );
         rooms.insert(room_id.clone(), room.clone());
-        room
+        Ok(room)
     }
 
     /// Forgets the room `room_id` if it is still the one of `generation`.
@@ -105,24 +141,11 @@ impl Registry {
         }
     }
 
-    pub async fn counts(&self) -> Counts {
-        let rooms: Vec<RoomHandle> = self.lock().values().cloned().collect();
-        let mut peers = 0;
-        for room in &rooms {
-            let (reply, answer) = oneshot::channel();
-            if room.send(RoomMessage::CountPeers { reply }).await.is_ok() {
-                peers += answer.await.unwrap_or(0);
-            }
-        }
+    pub fn counts(&self) -> Counts {
         Counts {
-            rooms: rooms.len(),
-            peers,
-            peer_connections: self
-                .inner
-                .settings
-                .rtc
-                .live_connections
-                .load(Ordering::Relaxed),
+            rooms: self.inner.open_rooms.used(),
+            peers: self.inner.joined_peers.used(),
+            peer_connections: self.inner.settings.rtc.peer_connections.used(),
         }
     }
 
@@ -134,6 +157,3 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
-
-/// A room's mailbox, as handed to the room task.
-pub(crate) type Mailbox = mpsc::Receiver<RoomMessage>;

@@ -1,9 +1,16 @@
 //! A room: one task owns its peers, their tracks and every negotiation, and receives messages
 //! from the sockets (media events) and the peers' endpoints (answers, candidates, failures).
 //! Media never passes through here: the room only wires which endpoint sends which track.
+//!
+//! The room also keeps the per-peer bounds that depend on its state (tracks and m-lines of an
+//! offer, candidates) and the signaling deadline (an offer soon after `offerData`), and survives
+//! its own bugs: a panic while handling a peer's message removes that peer with an `error`,
+//! and only if that fails too does the whole room close, telling every peer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Duration;
 
 use shared::client_event::{SdpOffer, UpdateTrackMetadata};
 use shared::server_event::{
@@ -14,49 +21,58 @@ use shared::server_event::{
 use shared::{ClientEvent, Metadata, PeerId, RoomId, ServerEvent, TrackId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
 
-use crate::endpoint::{EndpointEvent, EndpointHandle, Negotiation, RtcSettings, Subscription};
+use crate::endpoint::{
+    EndpointBusy, EndpointEvent, EndpointHandle, Negotiation, RtcSettings, Subscription,
+};
 use crate::forward::Fanout;
-use crate::registry::{Mailbox, Registry};
+use crate::limits::{LimitExceeded, Limits, QuotaGuard};
+use crate::registry::Registry;
 use crate::sdp::{self, Direction, MediaKind};
 use crate::socket::Outbox;
+use crate::test_hooks::{PanicSite, TestHooks};
+
+/// How long a peer has to answer `offerData` with its `sdpOffer`.
+pub const OFFER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Messages a room task receives.
 pub enum RoomMessage {
-    /// A peer's media `join`; the reply says whether it is in.
+    /// A peer's media `join`, holding its seat among the server's peers; the reply says
+    /// whether it is in.
     Join {
         peer_id: PeerId,
         metadata: Metadata,
         outbox: Outbox,
+        seat: QuotaGuard,
         reply: oneshot::Sender<Result<(), JoinRefused>>,
     },
     /// A media event from a joined peer (`leave` also when its socket or channel closed).
-    Event {
-        peer_id: PeerId,
-        event: ClientEvent,
-    },
+    Event { peer_id: PeerId, event: ClientEvent },
     /// News from a peer's endpoint.
     Endpoint {
         peer_id: PeerId,
         event: EndpointEvent,
     },
-    CountPeers {
-        reply: oneshot::Sender<usize>,
-    },
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum JoinRefused {
-    #[error("the room is full ({0} peers)")]
+    #[error("the room is full: it holds its limit of {0} peers (--max-peers-per-room)")]
     Full(usize),
+    #[error("the server is full: it holds its limit of {0} peers (--max-peers-total)")]
+    ServerFull(usize),
+    #[error("the server has its limit of {0} rooms open (--max-rooms)")]
+    TooManyRooms(usize),
     #[error("the room is not available, try again")]
     Unavailable,
 }
 
 /// What every room of the server shares.
 pub struct RoomSettings {
-    pub max_peers: usize,
+    pub limits: Arc<Limits>,
     pub rtc: Arc<RtcSettings>,
+    pub test_hooks: Option<TestHooks>,
 }
 
 /// The way to a room's task.
@@ -82,9 +98,13 @@ pub struct RoomClosed;
 /// Messages waiting for a room; senders wait when it is full, which slows a flooding socket.
 const MAILBOX_CAPACITY: usize = 1024;
 
+type Mailbox = mpsc::Receiver<RoomMessage>;
+
+/// Starts the task of room `id`; `open` is its place among the server's open rooms.
 pub fn spawn(
     id: RoomId,
     generation: u64,
+    open: QuotaGuard,
     registry: Registry,
     settings: Arc<RoomSettings>,
 ) -> RoomHandle {
@@ -97,7 +117,10 @@ pub fn spawn(
         peers: BTreeMap::new(),
         tracks: BTreeMap::new(),
     };
-    tokio::spawn(room.run(mailbox, registry));
+    tokio::spawn(async move {
+        room.run(mailbox, registry).await;
+        drop(open);
+    });
     handle
 }
 
@@ -113,7 +136,15 @@ struct Room {
 struct Peer {
     metadata: Metadata,
     outbox: Outbox,
-    endpoint: EndpointHandle,
+    /// The peer's place among the server's peers, given back when it is dropped.
+    _seat: QuotaGuard,
+    /// The peer's media connection, made by its first offer: a peer that never offers holds
+    /// no media resources.
+    endpoint: Option<EndpointHandle>,
+    /// Candidates that came before the endpoint.
+    early_candidates: Vec<String>,
+    /// Candidates since the last offer.
+    candidates: usize,
     /// The tracks this peer publishes, by the mid it sends them on.
     published: BTreeMap<String, TrackId>,
     /// Others' tracks this peer has been told about (`peerAccepted`, `tracksAdded`).
@@ -130,9 +161,10 @@ struct Peer {
 /// One negotiation at a time per peer (as the reference does).
 enum NegotiationState {
     Idle,
-    /// `offerData` went out listing these tracks' slots; the client's `sdpOffer` is next.
+    /// `offerData` went out listing these tracks' slots; the client's `sdpOffer` is due.
     AwaitingOffer {
         tracks: Vec<TrackId>,
+        due: Instant,
     },
     /// The endpoint is answering the client's offer.
     AwaitingAnswer,
@@ -145,17 +177,48 @@ struct Track {
     fanout: Arc<Fanout>,
 }
 
-/// Why a peer is removed from the room (a bad offer, a failed connection), told to it as an
-/// `error` event.
+/// Why a peer is removed from the room (a bad offer, a limit, a failed connection), told to it
+/// as an `error` event.
 #[derive(Debug, Error)]
 #[error("{0}")]
 struct PeerFault(String);
 
+impl From<LimitExceeded> for PeerFault {
+    fn from(limit: LimitExceeded) -> Self {
+        PeerFault(limit.to_string())
+    }
+}
+
+impl From<EndpointBusy> for PeerFault {
+    fn from(busy: EndpointBusy) -> Self {
+        PeerFault(busy.to_string())
+    }
+}
+
+/// How a peer leaves the room.
+enum Removal {
+    /// It asked to (`leave`), or its socket or channel closed.
+    Left,
+    /// Its socket is gone or fell too far behind: nothing more can be said to it.
+    Unreachable,
+    /// The server removes it, and tells it why.
+    Fault(PeerFault),
+}
+
 impl Room {
     async fn run(mut self, mut mailbox: Mailbox, registry: Registry) {
         tracing::info!(room = %self.id, "room opened");
-        while let Some(message) = mailbox.recv().await {
-            self.handle_message(message);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                message = mailbox.recv() => match message {
+                    Some(message) => self.handle(message),
+                    None => break,
+                },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.expire(Instant::now());
+                }
+            }
             if self.peers.is_empty() {
                 break;
             }
@@ -164,40 +227,101 @@ impl Room {
         // dropped unanswered, and their senders retry with that new room.
         registry.forget(&self.id, self.handle.generation);
         mailbox.close();
-        while let Some(message) = mailbox.recv().await {
-            if let RoomMessage::CountPeers { reply } = message {
-                let _ = reply.send(0);
-            }
-        }
+        while mailbox.recv().await.is_some() {}
         tracing::info!(room = %self.id, "room closed");
     }
 
-    fn handle_message(&mut self, message: RoomMessage) {
+    fn handle(&mut self, message: RoomMessage) {
         match message {
             RoomMessage::Join {
                 peer_id,
                 metadata,
                 outbox,
+                seat,
                 reply,
             } => {
-                let joined = self.join(peer_id, metadata, outbox);
+                let joined = self
+                    .guarded(&peer_id, |room| {
+                        room.join(peer_id.clone(), metadata, outbox, seat)
+                    })
+                    .unwrap_or(Err(JoinRefused::Unavailable));
                 let _ = reply.send(joined);
             }
             RoomMessage::Event { peer_id, event } => {
                 if self.peers.contains_key(&peer_id) {
-                    self.on_event(&peer_id, event);
+                    self.guarded(&peer_id, |room| room.on_event(&peer_id, event));
                 } else {
                     tracing::debug!(peer = %peer_id, kind = event.kind(), "event from a peer not in the room");
                 }
             }
             RoomMessage::Endpoint { peer_id, event } => {
                 if self.peers.contains_key(&peer_id) {
-                    self.on_endpoint_event(&peer_id, event);
+                    self.guarded(&peer_id, |room| room.on_endpoint_event(&peer_id, event));
                 }
             }
-            RoomMessage::CountPeers { reply } => {
-                let _ = reply.send(self.peers.len());
-            }
+        }
+    }
+
+    /// Runs `step` for `peer_id`, catching a panic: the peer is then removed with an `error`,
+    /// and should even that fail, the room closes. `None` when `step` panicked.
+    fn guarded<T>(&mut self, peer_id: &PeerId, step: impl FnOnce(&mut Room) -> T) -> Option<T> {
+        let panic = match catch_unwind(AssertUnwindSafe(|| step(self))) {
+            Ok(value) => return Some(value),
+            Err(panic) => panic,
+        };
+        tracing::error!(room = %self.id, peer = %peer_id, panic = panic_text(&panic), "the room failed on a message of this peer; removing the peer");
+        let fault = PeerFault("internal server error".to_owned());
+        let removed = catch_unwind(AssertUnwindSafe(|| {
+            self.remove_peer(peer_id, Removal::Fault(fault))
+        }));
+        if let Err(panic) = removed {
+            tracing::error!(room = %self.id, panic = panic_text(&panic), "the room failed again; closing it");
+            self.close_on_failure();
+        }
+        None
+    }
+
+    /// Ends the room after a failure it could not contain: every peer is told and removed.
+    fn close_on_failure(&mut self) {
+        let error = encode(&ServerEvent::Error(ErrorMessage {
+            message: "internal server error: the room closed".to_owned(),
+        }));
+        for (peer_id, peer) in std::mem::take(&mut self.peers) {
+            peer.outbox.push(&peer_id, &error);
+            peer.outbox.removed(&peer_id);
+        }
+        self.tracks.clear();
+    }
+
+    /// When the next peer's deadline passes, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter_map(|peer| match peer.negotiation {
+                NegotiationState::AwaitingOffer { due, .. } => Some(due),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Removes the peers whose offer is overdue.
+    fn expire(&mut self, now: Instant) {
+        let overdue: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| {
+                matches!(peer.negotiation, NegotiationState::AwaitingOffer { due, .. } if due <= now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer_id in overdue {
+            let fault = PeerFault(format!(
+                "no sdpOffer came within {} s of offerData",
+                OFFER_DEADLINE.as_secs()
+            ));
+            self.guarded(&peer_id, |room| {
+                room.remove_peer(&peer_id, Removal::Fault(fault))
+            });
         }
     }
 
@@ -206,15 +330,12 @@ impl Room {
         peer_id: PeerId,
         metadata: Metadata,
         outbox: Outbox,
+        seat: QuotaGuard,
     ) -> Result<(), JoinRefused> {
-        if self.peers.len() >= self.settings.max_peers {
-            return Err(JoinRefused::Full(self.settings.max_peers));
+        let max_peers = self.settings.limits.max_peers_per_room;
+        if self.peers.len() >= max_peers {
+            return Err(JoinRefused::Full(max_peers));
         }
-        let endpoint = EndpointHandle::spawn(
-            peer_id.clone(),
-            self.settings.rtc.clone(),
-            self.handle.clone(),
-        );
         let peers_in_room = self
             .peers
             .iter()
@@ -230,7 +351,10 @@ impl Room {
             Peer {
                 metadata: metadata.clone(),
                 outbox,
-                endpoint,
+                _seat: seat,
+                endpoint: None,
+                early_candidates: Vec::new(),
+                candidates: 0,
                 published: BTreeMap::new(),
                 known,
                 slotted: BTreeMap::new(),
@@ -242,7 +366,7 @@ impl Room {
         tracing::info!(room = %self.id, peer = %peer_id, peers = self.peers.len(), "peer joined");
         self.push(
             &peer_id,
-            ServerEvent::PeerAccepted(PeerAccepted {
+            &ServerEvent::PeerAccepted(PeerAccepted {
                 id: peer_id.clone(),
                 peers_in_room,
             }),
@@ -253,7 +377,7 @@ impl Room {
                 metadata,
             },
         });
-        self.broadcast(None, |_| Some(joined.clone()));
+        self.broadcast(None, |_| true, &joined);
         if !self.tracks.is_empty() {
             self.renegotiate(&peer_id);
         }
@@ -262,19 +386,19 @@ impl Room {
 
     fn on_event(&mut self, peer_id: &PeerId, event: ClientEvent) {
         match event {
-            ClientEvent::Leave => self.remove_peer(peer_id, None),
+            ClientEvent::Leave => self.remove_peer(peer_id, Removal::Left),
             ClientEvent::RenegotiateTracks => self.renegotiate(peer_id),
             ClientEvent::SdpOffer(offer) => {
                 if let Err(fault) = self.on_offer(peer_id, offer) {
-                    self.remove_peer(peer_id, Some(fault));
+                    self.remove_peer(peer_id, Removal::Fault(fault));
                 }
             }
             ClientEvent::Candidate(candidate) => {
                 // The browser signals the end of candidates with an empty one.
                 if !candidate.candidate.is_empty() {
-                    self.peers[peer_id]
-                        .endpoint
-                        .add_candidate(candidate.candidate);
+                    if let Err(fault) = self.add_candidate(peer_id, candidate.candidate) {
+                        self.remove_peer(peer_id, Removal::Fault(fault));
+                    }
                 }
             }
             ClientEvent::UpdatePeerMetadata(update) => {
@@ -288,6 +412,33 @@ impl Room {
             | ClientEvent::PreferedVideoSizes(_) => {
                 // Without simulcast there is one layer per track to forward: nothing to choose.
                 tracing::debug!(peer = %peer_id, kind = event.kind(), "ignored: no simulcast");
+            }
+        }
+    }
+
+    /// Hands a client candidate to the peer's endpoint, or keeps it until the endpoint exists;
+    /// a peer sending more than its limit per offer is at fault.
+    fn add_candidate(&mut self, peer_id: &PeerId, candidate: String) -> Result<(), PeerFault> {
+        let max = self.settings.limits.max_candidates_per_peer;
+        let peer = self
+            .peers
+            .get_mut(peer_id)
+            .expect("the caller checked the peer");
+        peer.candidates += 1;
+        if peer.candidates > max {
+            return Err(LimitExceeded::new(
+                format!("ICE candidate number {}", peer.candidates),
+                max,
+                "candidates per offer",
+                "max-candidates-per-peer",
+            )
+            .into());
+        }
+        match &peer.endpoint {
+            Some(endpoint) => endpoint.add_candidate(candidate).map_err(PeerFault::from),
+            None => {
+                peer.early_candidates.push(candidate);
+                Ok(())
             }
         }
     }
@@ -319,12 +470,15 @@ impl Room {
                 }
                 types
             });
-        peer.negotiation = NegotiationState::AwaitingOffer { tracks: offered };
+        peer.negotiation = NegotiationState::AwaitingOffer {
+            tracks: offered,
+            due: Instant::now() + OFFER_DEADLINE,
+        };
         let offer_data = ServerEvent::OfferData(OfferData {
             tracks_types,
             integrated_turn_servers: self.settings.rtc.turn_servers.clone(),
         });
-        self.push(peer_id, offer_data);
+        self.push(peer_id, &offer_data);
     }
 
     /// The tracks of other peers that `peer_id` should receive, with their kinds.
@@ -337,19 +491,30 @@ impl Room {
     }
 
     fn on_offer(&mut self, peer_id: &PeerId, offer: SdpOffer) -> Result<(), PeerFault> {
-        let published = published_tracks(peer_id, &offer)?;
+        let published = published_tracks(peer_id, &offer, &self.settings.limits)?;
         let peer = self
             .peers
             .get_mut(peer_id)
             .expect("the caller checked the peer");
         let offered =
             match std::mem::replace(&mut peer.negotiation, NegotiationState::AwaitingAnswer) {
-                NegotiationState::AwaitingOffer { tracks } => tracks,
+                NegotiationState::AwaitingOffer { tracks, .. } => tracks,
                 // An offer nobody asked for: keep what the peer already receives.
                 NegotiationState::Idle | NegotiationState::AwaitingAnswer => {
                     peer.receiving.values().cloned().collect()
                 }
             };
+        peer.candidates = 0;
+        if peer.endpoint.is_none() {
+            let endpoint = EndpointHandle::spawn(
+                peer_id.clone(),
+                self.settings.rtc.clone(),
+                self.handle.clone(),
+            )
+            .map_err(PeerFault)?;
+            peer.endpoint = Some(endpoint);
+        }
+        let early_candidates = std::mem::take(&mut peer.early_candidates);
         let old: BTreeSet<TrackId> = peer.published.values().cloned().collect();
         let new: BTreeSet<TrackId> = published.iter().map(|(_, (id, _))| id.clone()).collect();
         peer.published = published
@@ -394,7 +559,11 @@ impl Room {
                 })
                 .collect(),
         };
-        self.peers[peer_id].endpoint.negotiate(negotiation);
+        let endpoint = self.peers[peer_id].endpoint.as_ref().expect("made above");
+        endpoint.negotiate(negotiation)?;
+        for candidate in early_candidates {
+            endpoint.add_candidate(candidate)?;
+        }
 
         let added: Vec<&TrackId> = new.difference(&old).collect();
         let removed: BTreeSet<TrackId> = old.difference(&new).cloned().collect();
@@ -408,7 +577,7 @@ impl Room {
                     other.known.extend(added.iter().map(|id| (*id).clone()));
                 }
             }
-            self.broadcast(Some(peer_id), |_| Some(tracks_added.clone()));
+            self.broadcast(Some(peer_id), |_| true, &tracks_added);
         }
         if !removed.is_empty() {
             self.announce_removed(peer_id, &removed);
@@ -447,20 +616,26 @@ impl Room {
     /// Tells each other peer which of `removed` it was receiving (only those: the client looks
     /// each one's mid up and fails on a track it has no mid for).
     fn announce_removed(&mut self, owner: &PeerId, removed: &BTreeSet<TrackId>) {
-        self.broadcast(Some(owner), |peer| {
+        let mut unreachable = Vec::new();
+        for (peer_id, peer) in &self.peers {
             let track_ids: Vec<TrackId> = peer
                 .receiving
                 .values()
                 .filter(|id| removed.contains(*id))
                 .cloned()
                 .collect();
-            (!track_ids.is_empty()).then(|| {
-                ServerEvent::TracksRemoved(TracksRemoved {
-                    peer_id: owner.clone(),
-                    track_ids,
-                })
-            })
-        });
+            if peer_id == owner || track_ids.is_empty() {
+                continue;
+            }
+            let event = encode(&ServerEvent::TracksRemoved(TracksRemoved {
+                peer_id: owner.clone(),
+                track_ids,
+            }));
+            if !peer.outbox.push(peer_id, &event) {
+                unreachable.push(peer_id.clone());
+            }
+        }
+        self.drop_unreachable(unreachable);
     }
 
     fn on_endpoint_event(&mut self, peer_id: &PeerId, event: EndpointEvent) {
@@ -476,7 +651,7 @@ impl Room {
                 mid_to_track_id.extend(peer.published.clone());
                 self.push(
                     peer_id,
-                    ServerEvent::SdpAnswer(SdpAnswer::new(sdp, mid_to_track_id)),
+                    &ServerEvent::SdpAnswer(SdpAnswer::new(sdp, mid_to_track_id)),
                 );
                 if self
                     .peers
@@ -489,14 +664,19 @@ impl Room {
             EndpointEvent::Candidate(candidate) => {
                 self.push(
                     peer_id,
-                    ServerEvent::Candidate(ServerCandidate::bundled(candidate)),
+                    &ServerEvent::Candidate(ServerCandidate::bundled(candidate)),
                 );
             }
-            EndpointEvent::Failed(reason) => self.remove_peer(peer_id, Some(PeerFault(reason))),
+            EndpointEvent::Failed(reason) => {
+                self.remove_peer(peer_id, Removal::Fault(PeerFault(reason)))
+            }
         }
     }
 
     fn update_peer_metadata(&mut self, peer_id: &PeerId, metadata: Metadata) {
+        if self.settings.test_hooks.is_some() {
+            self.inject_panic(peer_id, &metadata);
+        }
         let peer = self
             .peers
             .get_mut(peer_id)
@@ -509,7 +689,20 @@ impl Room {
                 peer_id: peer_id.clone(),
                 metadata,
             });
-            self.broadcast(Some(peer_id), |_| Some(updated.clone()));
+            self.broadcast(Some(peer_id), |_| true, &updated);
+        }
+    }
+
+    /// The test hook: panics here, or has the peer's endpoint panic, when the metadata asks.
+    fn inject_panic(&self, peer_id: &PeerId, metadata: &Metadata) {
+        match TestHooks::panic_asked(metadata) {
+            Some(PanicSite::Room) => panic!("test hook: a panic in room {}", self.id),
+            Some(PanicSite::Endpoint) => {
+                if let Some(endpoint) = &self.peers[peer_id].endpoint {
+                    endpoint.inject_panic();
+                }
+            }
+            None => {}
         }
     }
 
@@ -529,29 +722,35 @@ impl Room {
             metadata: update.track_metadata,
         });
         // Only to peers that know the track: the client fails on an unknown one.
-        self.broadcast(Some(peer_id), |peer| {
-            peer.known
-                .contains(&update.track_id)
-                .then(|| updated.clone())
-        });
+        self.broadcast(
+            Some(peer_id),
+            |peer| peer.known.contains(&update.track_id),
+            &updated,
+        );
     }
 
-    /// Removes a peer: its tracks stop, the others hear `peerLeft` and renegotiate. A fault is
-    /// told to the peer first as an `error` event.
-    fn remove_peer(&mut self, peer_id: &PeerId, fault: Option<PeerFault>) {
+    /// Removes a peer: its tracks stop, the others hear `peerLeft` and renegotiate. A peer
+    /// removed by the server is told so (`error` for a fault), and its socket learns it left.
+    fn remove_peer(&mut self, peer_id: &PeerId, removal: Removal) {
         let Some(peer) = self.peers.remove(peer_id) else {
             return;
         };
-        if let Some(fault) = &fault {
-            tracing::warn!(room = %self.id, peer = %peer_id, %fault, "removing peer");
-            peer.outbox.push(
-                peer_id,
-                ServerEvent::Error(ErrorMessage {
+        match &removal {
+            Removal::Left => {
+                tracing::info!(room = %self.id, peer = %peer_id, peers = self.peers.len(), "peer left")
+            }
+            Removal::Unreachable => {
+                tracing::warn!(room = %self.id, peer = %peer_id, "removing peer: its socket is gone or too far behind");
+                peer.outbox.removed(peer_id);
+            }
+            Removal::Fault(fault) => {
+                tracing::warn!(room = %self.id, peer = %peer_id, %fault, "removing peer");
+                let error = ServerEvent::Error(ErrorMessage {
                     message: fault.to_string(),
-                }),
-            );
-        } else {
-            tracing::info!(room = %self.id, peer = %peer_id, peers = self.peers.len(), "peer left");
+                });
+                peer.outbox.push(peer_id, &encode(&error));
+                peer.outbox.removed(peer_id);
+            }
         }
         // Dropping the peer's endpoint handle (with `peer`) closes its connection.
         let removed: BTreeSet<TrackId> = peer.published.into_values().collect();
@@ -559,7 +758,7 @@ impl Room {
         let left = ServerEvent::PeerLeft(PeerLeft {
             peer_id: peer_id.clone(),
         });
-        self.broadcast(None, |_| Some(left.clone()));
+        self.broadcast(None, |_| true, &left);
         if !removed.is_empty() {
             self.renegotiate_all_but(None);
         }
@@ -573,56 +772,76 @@ impl Room {
             .collect()
     }
 
-    fn push(&mut self, peer_id: &PeerId, event: ServerEvent) {
+    fn push(&mut self, peer_id: &PeerId, event: &ServerEvent) {
         let delivered = self
             .peers
             .get(peer_id)
-            .is_some_and(|peer| peer.outbox.push(peer_id, event));
+            .is_some_and(|peer| peer.outbox.push(peer_id, &encode(event)));
         if !delivered {
             self.drop_unreachable(vec![peer_id.clone()]);
         }
     }
 
-    /// Sends each peer (but `except`) the event `event_for` makes for it, if any.
+    /// Sends `event`, encoded once, to each peer but `except` that `to` picks.
     fn broadcast(
         &mut self,
         except: Option<&PeerId>,
-        event_for: impl Fn(&Peer) -> Option<ServerEvent>,
+        to: impl Fn(&Peer) -> bool,
+        event: &ServerEvent,
     ) {
-        let mut unreachable = Vec::new();
-        for (peer_id, peer) in &self.peers {
-            if Some(peer_id) == except {
-                continue;
-            }
-            if let Some(event) = event_for(peer) {
-                if !peer.outbox.push(peer_id, event) {
-                    unreachable.push(peer_id.clone());
-                }
-            }
-        }
+        let data = encode(event);
+        let unreachable = self
+            .peers
+            .iter()
+            .filter(|(peer_id, peer)| Some(*peer_id) != except && to(peer))
+            .filter(|(peer_id, peer)| !peer.outbox.push(peer_id, &data))
+            .map(|(peer_id, _)| peer_id.clone())
+            .collect();
         self.drop_unreachable(unreachable);
     }
 
     /// Removes peers whose socket is gone or cannot keep up.
     fn drop_unreachable(&mut self, peers: Vec<PeerId>) {
         for peer_id in peers {
-            tracing::warn!(room = %self.id, peer = %peer_id, "socket unreachable or too far behind");
-            self.remove_peer(&peer_id, None);
+            self.remove_peer(&peer_id, Removal::Unreachable);
         }
     }
 }
 
+/// An event as the JSON string a `mediaEvent` frame carries, shared by all its recipients.
+fn encode(event: &ServerEvent) -> Arc<str> {
+    Arc::from(event.encode())
+}
+
+/// What a caught panic said.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
+}
+
 /// The tracks an offer publishes, by mid: its `sendonly` m-lines, each named in `midToTrackId`
-/// by a track id of this peer and offering a codec the SFU can forward.
+/// by a track id of this peer and offering a codec the SFU can forward, within the limits on
+/// m-lines, tracks and track metadata.
 fn published_tracks(
     peer_id: &PeerId,
     offer: &SdpOffer,
+    limits: &Limits,
 ) -> Result<BTreeMap<String, (TrackId, MediaKind)>, PeerFault> {
+    let sections = sdp::media_sections(&offer.sdp_offer.sdp);
+    if sections.len() > limits.max_mlines_per_offer {
+        return Err(LimitExceeded::new(
+            format!("an offer of {} m-lines", sections.len()),
+            limits.max_mlines_per_offer,
+            "m-lines",
+            "max-mlines-per-offer",
+        )
+        .into());
+    }
     let mut published = BTreeMap::new();
-    for (index, section) in sdp::media_sections(&offer.sdp_offer.sdp)
-        .into_iter()
-        .enumerate()
-    {
+    for (index, section) in sections.into_iter().enumerate() {
         let Some(kind) = section.kind else { continue };
         let mid = section.mid.clone().unwrap_or_else(|| index.to_string());
         match section.direction {
@@ -649,7 +868,19 @@ fn published_tracks(
                 "m-line {mid} offers no codec videoroom can forward (Opus for audio, VP8 or H264 for video)"
             )));
         }
+        if let Some(metadata) = offer.track_id_to_track_metadata.get(track_id) {
+            limits.check_track_metadata(metadata)?;
+        }
         published.insert(mid, (track_id.clone(), kind));
+        if published.len() > limits.max_tracks_per_peer {
+            return Err(LimitExceeded::new(
+                "an offer of more tracks".to_owned(),
+                limits.max_tracks_per_peer,
+                "tracks",
+                "max-tracks-per-peer",
+            )
+            .into());
+        }
     }
     Ok(published)
 }

@@ -1,40 +1,110 @@
 //! One task per WebSocket at `/socket/websocket`: Phoenix Channels V2 framing (heartbeats, joins,
 //! leaves, replies, pushes with the current join_ref), `mediaEvent` frames decoded into messages
-//! for the room, and the room's pushes encoded back into frames.
+//! for the room, and the room's deliveries encoded back into frames. It enforces the per-socket
+//! limits (message size, event rate, rooms, the bytes waiting in its [`Outbox`]) and closes with a
+//! code that says why: 1007 invalid UTF-8, 1008 policy (flood, too slow, too many sockets),
+//! 1009 too big.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use futures_util::SinkExt;
 use shared::phoenix::PHOENIX_TOPIC;
 use shared::{ClientEvent, DecodeError, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent};
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::limits::{AddressGuard, LimitExceeded, Limits};
 use crate::registry::Registry;
 use crate::room::{RoomHandle, RoomMessage};
 
 /// Phoenix drops a socket after 60 s without a message; clients heartbeat every 30 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one write may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Pushes from rooms waiting to be written; a room drops a peer whose socket is this far behind.
-const OUTBOX_CAPACITY: usize = 512;
-/// Frames a client may send in a burst, and per second after it.
-const FLOOD_BURST: f64 = 200.0;
-const FLOOD_RATE: f64 = 100.0;
 
-/// Where a room sends the events for the peers of one socket.
+/// Where a room sends what is for the peers of one socket. It is bounded in bytes, not messages:
+/// a push that would take the socket past its limit fails, and the room then drops the peer; the
+/// socket learns it ([`Delivery::Removed`]) and closes.
 #[derive(Clone, Debug)]
-pub struct Outbox(mpsc::Sender<(PeerId, ServerEvent)>);
+pub struct Outbox {
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    state: Arc<OutboxState>,
+}
+
+#[derive(Debug)]
+struct OutboxState {
+    queued_bytes: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+}
+
+/// What a room hands a socket.
+#[derive(Debug)]
+pub enum Delivery {
+    /// An encoded media event for `peer`, shared by every peer it is broadcast to.
+    Event { peer: PeerId, data: Arc<str> },
+    /// The room removed `peer` without its asking (a fault, or its socket fell behind): the
+    /// channel is no longer in the room and may join again.
+    Removed { peer: PeerId },
+}
 
 impl Outbox {
-    /// Queues `event` for `peer` without waiting; false when the socket is gone or hopelessly
-    /// behind, so the room can drop the peer instead of stalling on it.
-    pub fn push(&self, peer: &PeerId, event: ServerEvent) -> bool {
-        self.0.try_send((peer.clone(), event)).is_ok()
+    fn new(limit: usize) -> (Outbox, mpsc::UnboundedReceiver<Delivery>) {
+        let (deliveries, receiver) = mpsc::unbounded_channel();
+        let state = Arc::new(OutboxState {
+            queued_bytes: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+        });
+        (Outbox { deliveries, state }, receiver)
+    }
+
+    /// Queues the encoded event `data` for `peer` without waiting; false when the socket is gone
+    /// or this would take it past its byte limit, so the room can drop the peer instead.
+    pub fn push(&self, peer: &PeerId, data: &Arc<str>) -> bool {
+        let size = data.len();
+        let state = &self.state;
+        let fits = state
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + size <= state.limit).then_some(queued + size)
+            })
+            .is_ok();
+        if !fits {
+            state.overflowed.store(true, Ordering::Release);
+            return false;
+        }
+        let event = Delivery::Event {
+            peer: peer.clone(),
+            data: data.clone(),
+        };
+        self.deliveries.send(event).is_ok()
+    }
+
+    /// Tells the socket the room removed `peer`. Never refused: it is one small message per peer.
+    pub fn removed(&self, peer: &PeerId) {
+        let _ = self
+            .deliveries
+            .send(Delivery::Removed { peer: peer.clone() });
+    }
+
+    fn delivered(&self, data: &str) {
+        self.state
+            .queued_bytes
+            .fetch_sub(data.len(), Ordering::AcqRel);
+    }
+
+    fn overflowed(&self) -> bool {
+        self.state.overflowed.load(Ordering::Acquire)
     }
 }
 
@@ -47,35 +117,61 @@ struct Channel {
     room: Option<RoomHandle>,
 }
 
-/// Why the server closes a socket.
-struct CloseReason {
+/// Why the server closes a socket: the WebSocket close code and a reason for the client.
+struct Close {
     code: u16,
-    reason: &'static str,
+    reason: Cow<'static, str>,
 }
 
-const CLOSE_IDLE: CloseReason = CloseReason {
-    code: 1001,
-    reason: "idle timeout",
-};
-const CLOSE_FLOOD: CloseReason = CloseReason {
-    code: 1008,
-    reason: "too many messages",
-};
-const CLOSE_BINARY: CloseReason = CloseReason {
-    code: 1003,
-    reason: "binary frames are not supported",
-};
+impl Close {
+    const fn fixed(code: u16, reason: &'static str) -> Close {
+        Close {
+            code,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+}
 
-pub async fn serve(ws: WebSocket, rooms: Registry) {
+const CLOSE_IDLE: Close = Close::fixed(1001, "idle timeout");
+const CLOSE_BINARY: Close = Close::fixed(1003, "binary frames are not supported");
+const CLOSE_NOT_UTF8: Close = Close::fixed(1007, "text frames must be valid UTF-8");
+
+/// Refuses a socket past the per-address limit: accepted only to be closed with the reason.
+pub async fn refuse(ws: WebSocket, client: SocketAddr, limit: usize) {
+    let refused = LimitExceeded::new(
+        format!("another signaling socket from {}", client.ip()),
+        limit,
+        "sockets",
+        "max-sockets-per-ip",
+    );
+    tracing::warn!(%client, %refused, "socket refused");
+    let (sink, stream) = ws.split();
+    let close = Close {
+        code: 1008,
+        reason: refused.to_string().into(),
+    };
+    close_socket(sink, stream, close).await;
+}
+
+pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted: AddressGuard) {
     let (sink, mut stream) = ws.split();
-    let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let limits = rooms.limits().clone();
+    let (outbox, mut deliveries) = Outbox::new(limits.max_outbox_bytes);
+    let rate = f64::from(limits.max_events_per_second);
+    let mut cuts = rooms
+        .settings()
+        .test_hooks
+        .as_ref()
+        .map(|hooks| hooks.cuts());
     let mut socket = Socket {
         sink,
         rooms,
-        outbox: Outbox(outbox_tx),
+        outbox,
         channels: HashMap::new(),
-        flood: TokenBucket::new(FLOOD_BURST, FLOOD_RATE),
+        flood: TokenBucket::new(2.0 * rate, rate),
+        limits,
     };
+    tracing::debug!(%client, "socket opened");
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
     let close = loop {
         tokio::select! {
@@ -84,7 +180,7 @@ pub async fn serve(ws: WebSocket, rooms: Registry) {
                 match message {
                     Some(Ok(Message::Text(text))) => {
                         if !socket.flood.take(Instant::now()) {
-                            break Some(CLOSE_FLOOD);
+                            break Some(socket.flood_close());
                         }
                         if socket.on_text(&text).await.is_err() {
                             break None;
@@ -93,15 +189,22 @@ pub async fn serve(ws: WebSocket, rooms: Registry) {
                     Some(Ok(Message::Binary(_))) => break Some(CLOSE_BINARY),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(err)) => {
-                        tracing::debug!(%err, "socket read failed");
-                        break None;
-                    }
+                    Some(Err(err)) => break socket.read_failure(err),
                 }
             }
-            Some((peer_id, event)) = outbox.recv() => {
-                if socket.push(&peer_id, &event).await.is_err() {
-                    break None;
+            Some(delivery) = deliveries.recv() => match socket.deliver(delivery).await {
+                Ok(None) => {}
+                Ok(Some(close)) => break Some(close),
+                Err(SocketGone) => break None,
+            },
+            Some(peer) = next_cut(&mut cuts) => {
+                if socket.channels.values().any(|channel| channel.peer_id == peer) {
+                    // A network failure: the client hears nothing, not even a close frame.
+                    for (_, channel) in socket.channels.drain() {
+                        channel.leave_room().await;
+                    }
+                    tracing::info!(%client, %peer, "socket cut by a test");
+                    return;
                 }
             }
             () = sleep_until(deadline) => break Some(CLOSE_IDLE),
@@ -111,24 +214,55 @@ pub async fn serve(ws: WebSocket, rooms: Registry) {
     for (_, channel) in socket.channels.drain() {
         channel.leave_room().await;
     }
-    if let Some(close) = close {
-        tracing::info!(reason = close.reason, "closing socket");
-        let frame = CloseFrame {
-            code: close.code,
-            reason: Utf8Bytes::from_static(close.reason),
-        };
-        let _ = socket.sink.send(Message::Close(Some(frame))).await;
-        // Read on until the client answers the close (or a moment passes): dropping a socket
-        // with unread data resets it, and the client would never see the close frame.
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+    drop(admitted);
+    match close {
+        Some(close) => {
+            tracing::info!(%client, code = close.code, reason = %close.reason, "closing socket");
+            close_socket(socket.sink, stream, close).await;
+        }
+        None => tracing::debug!(%client, "socket closed"),
     }
+}
+
+/// The next peer whose socket a test cuts; never, without test hooks.
+async fn next_cut(cuts: &mut Option<broadcast::Receiver<PeerId>>) -> Option<PeerId> {
+    match cuts {
+        Some(cuts) => loop {
+            match cuts.recv().await {
+                Ok(peer) => return Some(peer),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the close frame and reads on until the client answers it (or a moment passes): dropping
+/// a socket with unread data resets it, and the client would never see the close frame.
+async fn close_socket(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    close: Close,
+) {
+    let frame = CloseFrame {
+        code: close.code,
+        reason: Utf8Bytes::from(close.reason.into_owned()),
+    };
+    if timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame))))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 struct Socket {
@@ -137,33 +271,85 @@ struct Socket {
     outbox: Outbox,
     channels: HashMap<String, Channel>,
     flood: TokenBucket,
+    limits: Limits,
 }
 
 /// The socket can no longer be written to.
 struct SocketGone;
 
 impl Socket {
+    /// Writes one frame, waiting at most [`WRITE_TIMEOUT`] for a client that does not read.
     async fn send(&mut self, frame: Frame) -> Result<(), SocketGone> {
         let text = Utf8Bytes::from(frame.encode());
-        self.sink
-            .send(Message::Text(text))
-            .await
-            .map_err(|_| SocketGone)
+        match timeout(WRITE_TIMEOUT, self.sink.send(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SocketGone),
+            Err(_) => {
+                tracing::info!("socket write timed out: the client stopped reading");
+                Err(SocketGone)
+            }
+        }
+    }
+
+    fn flood_close(&self) -> Close {
+        let refused = LimitExceeded::new(
+            "the message rate".to_owned(),
+            self.limits.max_events_per_second as usize,
+            "messages a second",
+            "max-events-per-second",
+        );
+        Close {
+            code: 1008,
+            reason: refused.to_string().into(),
+        }
+    }
+
+    /// How a failed read ends the socket: with 1009 or 1007 when the client sent something too
+    /// big or not UTF-8, silently when the connection itself broke.
+    fn read_failure(&self, err: axum::Error) -> Option<Close> {
+        let inner = err.into_inner();
+        match inner.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(capacity)) => {
+                tracing::warn!(%capacity, "message too big");
+                let refused = LimitExceeded::new(
+                    "a message".to_owned(),
+                    self.limits.max_frame_bytes,
+                    "bytes",
+                    "max-frame-bytes",
+                );
+                Some(Close {
+                    code: 1009,
+                    reason: refused.to_string().into(),
+                })
+            }
+            Some(tungstenite::Error::Utf8(_)) => {
+                tracing::warn!("text frame is not UTF-8");
+                Some(CLOSE_NOT_UTF8)
+            }
+            _ => {
+                tracing::debug!(err = %inner, "socket read failed");
+                None
+            }
+        }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), SocketGone> {
+        if text.len() > self.limits.max_frame_bytes {
+            let refused = LimitExceeded::new(
+                format!("a message of {} bytes", text.len()),
+                self.limits.max_frame_bytes,
+                "bytes",
+                "max-frame-bytes",
+            );
+            tracing::warn!(%refused, "message refused");
+            return self.send(socket_error(&refused.to_string())).await;
+        }
         let frame = match Frame::decode(text) {
             Ok(frame) => frame,
             Err(err) => {
                 // Without a frame there is no ref to reply to: say it on the socket's own topic.
                 tracing::warn!(%err, "undecodable frame");
-                let reply = Frame::push(
-                    None,
-                    PHOENIX_TOPIC,
-                    PhoenixEvent::Reply,
-                    serde_json::json!({"status": "error", "response": {"reason": err.to_string()}}),
-                );
-                return self.send(reply).await;
+                return self.send(socket_error(&err.to_string())).await;
             }
         };
         match (&frame.event, frame.topic.as_str()) {
@@ -205,6 +391,16 @@ impl Socket {
             old.leave_room().await;
             self.send(Frame::close(&old_ref, &frame.topic)).await?;
         }
+        if self.channels.len() >= self.limits.max_rooms_per_socket {
+            let refused = LimitExceeded::new(
+                format!("joining room {room_id} too"),
+                self.limits.max_rooms_per_socket,
+                "rooms a socket",
+                "max-rooms-per-socket",
+            );
+            tracing::warn!(%refused, "join refused");
+            return self.send(frame.reply_error(&refused.to_string())).await;
+        }
         let peer_id = PeerId::from(uuid::Uuid::new_v4());
         tracing::info!(room = %room_id, peer = %peer_id, "channel joined");
         self.channels.insert(
@@ -238,6 +434,10 @@ impl Socket {
             Ok(event) => event,
             Err(err) => return self.refuse(&frame, &err).await,
         };
+        if let Err(refused) = self.check_limits(&event) {
+            tracing::warn!(topic = frame.topic, %refused, "media event refused");
+            return self.send(frame.reply_error(&refused.to_string())).await;
+        }
         let Some(channel) = self.channels.get_mut(&frame.topic) else {
             return Ok(());
         };
@@ -258,8 +458,13 @@ impl Socket {
                         tracing::info!(room = %channel.room_id, %refused, "join refused");
                         let reason = ("reason".to_owned(), refused.to_string().into());
                         let denied = ServerEvent::PeerDenied(serde_json::Map::from_iter([reason]));
-                        let peer_id = channel.peer_id.clone();
-                        return self.push(&peer_id, &denied).await;
+                        let frame = Frame::media_event(
+                            channel.join_ref.clone(),
+                            None,
+                            &frame.topic,
+                            denied.encode(),
+                        );
+                        return self.send(frame).await;
                     }
                 }
             }
@@ -287,24 +492,80 @@ impl Socket {
         Ok(())
     }
 
+    /// The size limits a single event can be held to without knowing the room; the room checks
+    /// what depends on the peer's state (tracks, m-lines and candidates).
+    fn check_limits(&self, event: &ClientEvent) -> Result<(), LimitExceeded> {
+        match event {
+            ClientEvent::Join(join) => self.limits.check_peer_metadata(&join.metadata),
+            ClientEvent::UpdatePeerMetadata(update) => {
+                self.limits.check_peer_metadata(&update.metadata)
+            }
+            ClientEvent::UpdateTrackMetadata(update) => {
+                self.limits.check_track_metadata(&update.track_metadata)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Answers an undecodable media event with an error reply, and otherwise ignores it.
     async fn refuse(&mut self, frame: &Frame, err: &DecodeError) -> Result<(), SocketGone> {
         tracing::warn!(topic = frame.topic, %err, "bad media event");
         self.send(frame.reply_error(&err.to_string())).await
     }
 
-    /// Sends a room's event to the channel of `peer_id`, with that channel's current join_ref.
-    async fn push(&mut self, peer_id: &PeerId, event: &ServerEvent) -> Result<(), SocketGone> {
-        let Some((topic, channel)) = self
-            .channels
-            .iter()
-            .find(|(_, channel)| &channel.peer_id == peer_id)
-        else {
-            return Ok(());
-        };
-        let frame = Frame::media_event(channel.join_ref.clone(), None, topic, event.encode());
-        self.send(frame).await
+    /// Acts on what a room delivered: an event goes to its channel with that channel's current
+    /// join_ref; a removal frees the channel, or closes the socket if it fell too far behind.
+    async fn deliver(&mut self, delivery: Delivery) -> Result<Option<Close>, SocketGone> {
+        match delivery {
+            Delivery::Event { peer, data } => {
+                self.outbox.delivered(&data);
+                let Some((topic, channel)) = self.channel_of(&peer) else {
+                    return Ok(None);
+                };
+                let frame =
+                    Frame::media_event(channel.join_ref.clone(), None, topic, data.to_string());
+                self.send(frame).await.map(|()| None)
+            }
+            Delivery::Removed { peer } => {
+                if self.outbox.overflowed() {
+                    let refused = LimitExceeded::new(
+                        "the events waiting for this socket".to_owned(),
+                        self.limits.max_outbox_bytes,
+                        "bytes",
+                        "max-outbox-bytes",
+                    );
+                    return Ok(Some(Close {
+                        code: 1008,
+                        reason: refused.to_string().into(),
+                    }));
+                }
+                let channel = self
+                    .channels
+                    .values_mut()
+                    .find(|channel| channel.peer_id == peer);
+                if let Some(channel) = channel {
+                    channel.room = None;
+                }
+                Ok(None)
+            }
+        }
     }
+
+    fn channel_of(&self, peer: &PeerId) -> Option<(&String, &Channel)> {
+        self.channels
+            .iter()
+            .find(|(_, channel)| &channel.peer_id == peer)
+    }
+}
+
+/// An error on the socket's own topic, for a message whose refs are unknown.
+fn socket_error(reason: &str) -> Frame {
+    Frame::push(
+        None,
+        PHOENIX_TOPIC,
+        PhoenixEvent::Reply,
+        serde_json::json!({"status": "error", "response": {"reason": reason}}),
+    )
 }
 
 impl Channel {
@@ -364,5 +625,20 @@ mod tests {
         assert!(!bucket.take(start));
         assert!(bucket.take(start + Duration::from_millis(500)));
         assert!(!bucket.take(start + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn the_outbox_counts_bytes_and_refuses_past_its_limit() {
+        let (outbox, mut deliveries) = Outbox::new(10);
+        let peer = PeerId::new("ann").unwrap();
+        let six: Arc<str> = Arc::from("123456");
+        assert!(outbox.push(&peer, &six));
+        assert!(!outbox.push(&peer, &six), "12 bytes would pass the limit");
+        assert!(outbox.overflowed());
+        let Some(Delivery::Event { data, .. }) = deliveries.try_recv().ok() else {
+            panic!("the first event is queued");
+        };
+        outbox.delivered(&data);
+        assert!(outbox.push(&peer, &six), "written bytes are given back");
     }
 }

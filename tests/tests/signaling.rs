@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use shared::client_event::{Join, UpdatePeerMetadata};
 use shared::phoenix::ReplyStatus;
 use shared::server_event::{PeerInfo, PeerJoined, PeerLeft, PeerWithTracks};
-use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, ServerEvent, MAX_MESSAGE_LEN};
+use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, ServerEvent};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -452,30 +452,51 @@ async fn a_binary_message_closes_the_socket_with_1003() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_message_over_the_size_limit_gets_a_too_large_error() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
-    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
-
-    // A well-formed heartbeat, padded to half as much again as the limit.
-    let padding = "x".repeat(MAX_MESSAGE_LEN / 2 * 3);
-    let oversized = Frame::request(
+/// A well-formed heartbeat padded to `size` bytes.
+fn padded_heartbeat(size: usize) -> String {
+    let empty = Frame::request(
+        None,
+        "1".to_owned(),
+        "phoenix",
+        PhoenixEvent::Heartbeat,
+        json!({ "padding": "" }),
+    );
+    let padding = "x".repeat(size - empty.encode().len());
+    let padded = Frame::request(
         None,
         "1".to_owned(),
         "phoenix",
         PhoenixEvent::Heartbeat,
         json!({ "padding": padding }),
     );
-    let text = oversized.encode();
-    assert!(MAX_MESSAGE_LEN < text.len() && text.len() < 2 * MAX_MESSAGE_LEN);
+    padded.encode()
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_gets_a_too_large_error() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let limit = server::Config::defaults().limits.max_frame_bytes;
+    let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+
+    let text = padded_heartbeat(limit * 3 / 2);
     client.send_message(Message::text(text)).await?;
     let reply = client.recv().await?;
     let reason = error_reason(&reply)?;
     assert!(
-        reason.contains("exceeds the limit") && reason.contains(&MAX_MESSAGE_LEN.to_string()),
+        reason.contains("is over the limit of")
+            && reason.contains(&limit.to_string())
+            && reason.contains("--max-frame-bytes"),
         "{reason}"
     );
     client.heartbeat().await?;
+
+    // Past twice the limit the socket is closed as too big, saying which limit.
+    client
+        .send_message(Message::text(padded_heartbeat(limit * 3)))
+        .await?;
+    let close = client.expect_close().await?;
+    assert_eq!(close.code, CloseCode::Size, "{close:?}");
+    assert!(close.reason.contains("--max-frame-bytes"), "{close:?}");
     Ok(())
 }
 
@@ -524,7 +545,10 @@ async fn a_flooding_socket_is_closed_and_others_keep_working() -> anyhow::Result
     }
     let close = flooder.expect_close().await?;
     assert_eq!(close.code, CloseCode::Policy, "{close:?}");
-    assert_eq!(close.reason.as_str(), "too many messages");
+    assert!(
+        close.reason.contains("--max-events-per-second"),
+        "{close:?}"
+    );
 
     bystander.heartbeat().await?;
     bystander.expect_silence(QUIET).await?;

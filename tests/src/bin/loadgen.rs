@@ -236,7 +236,18 @@ async fn spawn_server(binary: Option<PathBuf>) -> anyhow::Result<(String, u32, S
             &port.to_string(),
             "--log",
             "error",
+            // Every synthetic peer comes from loopback, and rooms get as big as the run asks.
             "--max-peers-per-room",
+            "1000",
+            "--max-tracks-per-peer",
+            "2",
+            "--max-mlines-per-offer",
+            "2000",
+            "--max-outbox-bytes",
+            "16777216",
+            "--max-sockets-per-ip",
+            "100000",
+            "--max-connections-per-ip",
             "100000",
         ])
         .stdout(Stdio::null())
