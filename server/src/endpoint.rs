@@ -5,7 +5,7 @@
 //!
 //! The connection is ICE-lite (it answers the browser's checks and never sends any of its own,
 //! so a client cannot aim it at addresses of its choosing) and has no mDNS listener. It must
-//! connect within [`ICE_DEADLINE`] of an answer. A panic in the endpoint's task is caught by
+//! connect within `--ice-timeout` of an answer. A panic in the endpoint's task is caught by
 //! its supervisor, which reports the peer failed; the connection closes as the task unwinds.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,9 +41,6 @@ use crate::sdp::{self, MediaKind};
 use crate::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
 use crate::Config;
 
-/// How long the media connection may take to come up after an answer.
-pub const ICE_DEADLINE: Duration = Duration::from_secs(20);
-
 /// Commands waiting for an endpoint: a negotiation and the candidates of one offer fit many
 /// times over; a room that finds the queue full drops the peer.
 const COMMAND_CAPACITY: usize = 256;
@@ -56,6 +53,8 @@ pub struct RtcSettings {
     pub turn_servers: Vec<TurnServer>,
     /// Peer connections open now, across all rooms (at most one a peer).
     pub peer_connections: Arc<Quota>,
+    /// How long a connection may take to come up after an answer.
+    pub ice_timeout: Duration,
 }
 
 impl RtcSettings {
@@ -70,6 +69,7 @@ impl RtcSettings {
             }),
             turn_servers: config.turn_servers(),
             peer_connections: Quota::new(config.limits.max_peers_total),
+            ice_timeout: config.limits.ice_timeout,
         }
     }
 
@@ -224,6 +224,7 @@ async fn run(
         }
     };
     let mut endpoint = Endpoint {
+        ice_timeout: settings.ice_timeout,
         peer_id,
         pc,
         room,
@@ -255,8 +256,8 @@ async fn run(
             () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 endpoint.connect_due = None;
                 let reason = format!(
-                    "the media connection did not come up within {} s of the answer",
-                    ICE_DEADLINE.as_secs()
+                    "the media connection did not come up within {:?} of the answer (--ice-timeout)",
+                    endpoint.ice_timeout
                 );
                 endpoint.report(EndpointEvent::Failed(reason)).await;
             }
@@ -283,6 +284,7 @@ struct Endpoint {
     connected: bool,
     /// When the connection must be up by, after an answer.
     connect_due: Option<Instant>,
+    ice_timeout: Duration,
     readers: Vec<JoinHandle<()>>,
     /// Set once the connection was closed in order; a dropped endpoint closes it otherwise.
     closed: bool,
@@ -355,7 +357,7 @@ impl Endpoint {
         self.report(EndpointEvent::Answer { sdp, sending }).await;
         self.answered = true;
         if !self.connected {
-            self.connect_due = Some(Instant::now() + ICE_DEADLINE);
+            self.connect_due = Some(Instant::now() + self.ice_timeout);
         }
         for candidate in self.local_candidates.clone() {
             self.report(EndpointEvent::Candidate(candidate)).await;

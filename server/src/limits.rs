@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use shared::Metadata;
 use thiserror::Error;
@@ -80,6 +81,34 @@ pub struct Limits {
     /// Bytes of events waiting for one socket; a socket that falls further behind is closed (1008).
     #[arg(long, env = "VIDEOROOM_MAX_OUTBOX_BYTES", default_value_t = 1 << 20)]
     pub max_outbox_bytes: usize,
+
+    /// Seconds a client has to send a request's headers (the next one too, on a kept-alive
+    /// connection).
+    #[arg(long, env = "VIDEOROOM_HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// Seconds one write to a socket may wait for a client that does not read.
+    #[arg(long, env = "VIDEOROOM_WRITE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub write_timeout: Duration,
+
+    /// Seconds a peer has to answer `offerData` with its `sdpOffer`.
+    #[arg(long, env = "VIDEOROOM_OFFER_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub offer_timeout: Duration,
+
+    /// Seconds the media connection may take to come up after an answer.
+    #[arg(long, env = "VIDEOROOM_ICE_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
+    pub ice_timeout: Duration,
+}
+
+/// A duration given in seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|err| format!("`{text}` is not a number of seconds: {err}"))?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
 }
 
 impl Limits {

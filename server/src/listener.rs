@@ -1,5 +1,5 @@
 //! The TCP side of HTTP: accepts connections up to the caps (in all, and per client address),
-//! gives each request [`HEADER_TIMEOUT`] to arrive, and serves it with hyper, WebSocket upgrades
+//! gives each request `--header-timeout` to arrive, and serves it with hyper, WebSocket upgrades
 //! included. A connection over a cap gets a short `503` and is closed. Each connection carries
 //! its place under the caps for as long as it lives, upgraded sockets included.
 
@@ -20,10 +20,6 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::limits::{AddressGuard, AddressQuota, LimitExceeded, Limits, Quota, QuotaGuard};
-
-/// How long a client has to send a request's headers, the first one or the next on a kept-alive
-/// connection: a slow or silent client cannot hold a connection longer.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish.
 pub async fn serve(
@@ -55,7 +51,14 @@ pub async fn serve(
                     stream,
                     _guards: admitted,
                 };
-                tokio::spawn(serve_connection(io, client, app.clone(), stopping.clone()));
+                let header_timeout = limits.header_timeout;
+                tokio::spawn(serve_connection(
+                    io,
+                    client,
+                    app.clone(),
+                    header_timeout,
+                    stopping.clone(),
+                ));
             }
             Err(refused) => {
                 tracing::warn!(%client, %refused, "connection refused");
@@ -111,6 +114,7 @@ async fn serve_connection(
     io: Admitted,
     client: SocketAddr,
     app: Router,
+    header_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -121,7 +125,7 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(header_timeout);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
 
 use shared::client_event::{SdpOffer, UpdateTrackMetadata};
 use shared::server_event::{
@@ -32,9 +31,6 @@ use crate::registry::Registry;
 use crate::sdp::{self, Direction, MediaKind};
 use crate::socket::Outbox;
 use crate::test_hooks::{PanicSite, TestHooks};
-
-/// How long a peer has to answer `offerData` with its `sdpOffer`.
-pub const OFFER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Messages a room task receives.
 pub enum RoomMessage {
@@ -316,8 +312,8 @@ impl Room {
             .collect();
         for peer_id in overdue {
             let fault = PeerFault(format!(
-                "no sdpOffer came within {} s of offerData",
-                OFFER_DEADLINE.as_secs()
+                "no sdpOffer came within {:?} of offerData (--offer-timeout)",
+                self.settings.limits.offer_timeout
             ));
             self.guarded(&peer_id, |room| {
                 room.remove_peer(&peer_id, Removal::Fault(fault))
@@ -472,7 +468,7 @@ impl Room {
             });
         peer.negotiation = NegotiationState::AwaitingOffer {
             tracks: offered,
-            due: Instant::now() + OFFER_DEADLINE,
+            due: Instant::now() + self.settings.limits.offer_timeout,
         };
         let offer_data = ServerEvent::OfferData(OfferData {
             tracks_types,
@@ -707,14 +703,15 @@ impl Room {
     }
 
     fn update_track_metadata(&mut self, peer_id: &PeerId, update: UpdateTrackMetadata) {
-        let Some(track) = self
-            .tracks
-            .get_mut(&update.track_id)
-            .filter(|track| &track.owner == peer_id)
-        else {
-            tracing::warn!(peer = %peer_id, track = %update.track_id, "metadata update for a track the peer does not publish");
+        let Some(track) = self.tracks.get_mut(&update.track_id) else {
+            // A track the peer just stopped, most likely: nothing to update.
+            tracing::debug!(peer = %peer_id, track = %update.track_id, "metadata update for no track");
             return;
         };
+        if &track.owner != peer_id {
+            let fault = PeerFault(format!("track {} belongs to another peer", update.track_id));
+            return self.remove_peer(peer_id, Removal::Fault(fault));
+        }
         track.metadata = update.track_metadata.clone();
         let updated = ServerEvent::TrackUpdated(TrackUpdated {
             peer_id: peer_id.clone(),

@@ -26,10 +26,10 @@ use crate::room::{RoomHandle, RoomMessage};
 
 /// Phoenix drops a socket after 60 s without a message; clients heartbeat every 30 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one write may wait for a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a refused socket's close frame may take to go out.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where a room sends what is for the peers of one socket. It is bounded in bytes, not messages:
 /// a push that would take the socket past its limit fails, and the room then drops the peer; the
@@ -150,7 +150,7 @@ pub async fn refuse(ws: WebSocket, client: SocketAddr, limit: usize) {
         code: 1008,
         reason: refused.to_string().into(),
     };
-    close_socket(sink, stream, close).await;
+    close_socket(sink, stream, close, REFUSAL_WRITE_TIMEOUT).await;
 }
 
 pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted: AddressGuard) {
@@ -218,7 +218,8 @@ pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted:
     match close {
         Some(close) => {
             tracing::info!(%client, code = close.code, reason = %close.reason, "closing socket");
-            close_socket(socket.sink, stream, close).await;
+            let write_timeout = socket.limits.write_timeout;
+            close_socket(socket.sink, stream, close, write_timeout).await;
         }
         None => tracing::debug!(%client, "socket closed"),
     }
@@ -244,12 +245,13 @@ async fn close_socket(
     mut sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
     close: Close,
+    write_timeout: Duration,
 ) {
     let frame = CloseFrame {
         code: close.code,
         reason: Utf8Bytes::from(close.reason.into_owned()),
     };
-    if timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame))))
+    if timeout(write_timeout, sink.send(Message::Close(Some(frame))))
         .await
         .is_err()
     {
@@ -278,10 +280,11 @@ struct Socket {
 struct SocketGone;
 
 impl Socket {
-    /// Writes one frame, waiting at most [`WRITE_TIMEOUT`] for a client that does not read.
+    /// Writes one frame, waiting at most `--write-timeout` for a client that does not read.
     async fn send(&mut self, frame: Frame) -> Result<(), SocketGone> {
         let text = Utf8Bytes::from(frame.encode());
-        match timeout(WRITE_TIMEOUT, self.sink.send(Message::Text(text))).await {
+        let write_timeout = self.limits.write_timeout;
+        match timeout(write_timeout, self.sink.send(Message::Text(text))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SocketGone),
             Err(_) => {

@@ -4,10 +4,12 @@
 //!
 //! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly,
 //! [`synthetic`] a WebRTC peer that publishes and counts media, and [`load`] runs many of those
-//! for the benchmark (`src/bin/loadgen.rs`).
+//! for the benchmark (`src/bin/loadgen.rs`); [`process`] runs the server as a process of its own,
+//! whose CPU and memory can be read from `/proc`.
 
 pub mod load;
 pub mod phoenix;
+pub mod process;
 pub mod synthetic;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
@@ -84,12 +86,7 @@ impl TestServer {
 
     /// What `/stats` says: rooms, peers and peer connections alive now.
     pub async fn counts(&self) -> anyhow::Result<server::Counts> {
-        let body = reqwest::get(self.url("/stats"))
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
-        Ok(serde_json::from_str(&body)?)
+        process::counts(&self.url("")).await
     }
 }
 

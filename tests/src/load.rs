@@ -49,15 +49,9 @@ impl ProcessSample {
                 .unwrap_or(0.0)
         };
         let cpu_seconds = (ticks(11) + ticks(12)) / CLOCK_TICKS_PER_SECOND;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kb = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0);
         Ok(ProcessSample {
             cpu_seconds,
-            rss_bytes: rss_kb * 1024,
+            rss_bytes: crate::process::memory_of(pid, "VmRSS")?,
         })
     }
 }

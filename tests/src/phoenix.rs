@@ -3,6 +3,7 @@
 //! silent fails the test instead of hanging it.
 
 use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context};
@@ -12,11 +13,11 @@ use shared::client_event::Join;
 use shared::phoenix::{ReplyStatus, PHOENIX_TOPIC};
 use shared::server_event::PeerAccepted;
 use shared::{ClientEvent, Frame, Metadata, PhoenixEvent, ServerEvent};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{client_async, connect_async, MaybeTlsStream, WebSocketStream};
 
 /// How long a wait for a frame lasts. The server answers on loopback within milliseconds, so
 /// this only bounds how long a broken server can stall a test.
@@ -47,12 +48,52 @@ impl PhoenixClient {
         let (ws, _response) = connect_async(url)
             .await
             .with_context(|| format!("cannot open a WebSocket to {url}"))?;
-        Ok(PhoenixClient {
+        Ok(PhoenixClient::over(ws))
+    }
+
+    /// Opens a socket at `url` (a `ws://` URL of a loopback server) from the local address
+    /// `source`, e.g. `127.0.0.2`: a client the server tells apart from those on `127.0.0.1`.
+    /// `receive_buffer` shrinks the kernel's receive buffer, for a client that stops reading.
+    pub async fn connect_from(
+        url: &str,
+        source: IpAddr,
+        receive_buffer: Option<u32>,
+    ) -> anyhow::Result<PhoenixClient> {
+        let address = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .context("not a ws:// URL")?;
+        let address: SocketAddr = address.parse()?;
+        let socket = TcpSocket::new_v4()?;
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket
+            .connect(address)
+            .await
+            .with_context(|| format!("cannot connect to {address} from {source}"))?;
+        let (ws, _response) = client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .with_context(|| format!("cannot open a WebSocket to {url}"))?;
+        Ok(PhoenixClient::over(ws))
+    }
+
+    fn over(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> PhoenixClient {
+        PhoenixClient {
             ws,
             last_ref: 0,
             pending: VecDeque::new(),
             media_refs: HashSet::new(),
-        })
+        }
+    }
+
+    /// Ends the connection with a TCP reset, as a crashed machine's network would: no close
+    /// frame, no FIN.
+    pub fn reset(self) {
+        if let MaybeTlsStream::Plain(stream) = self.ws.get_ref() {
+            let _ = stream.set_zero_linger();
+        }
     }
 
     /// A fresh ref from this socket's counter, as phoenix.js makes them.
@@ -112,10 +153,23 @@ impl PhoenixClient {
     /// Waits for the server to close the socket, passing over any frames before its close
     /// frame, and returns that close frame.
     pub async fn expect_close(&mut self) -> anyhow::Result<CloseFrame> {
-        self.pending.clear();
+        Ok(self.frames_until_close(RECV_TIMEOUT).await?.1)
+    }
+
+    /// Reads until the server closes the socket, within `within`: the frames that came before
+    /// its close frame (queued ones first), and that close frame.
+    pub async fn frames_until_close(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<(Vec<Frame>, CloseFrame)> {
+        let mut frames: Vec<Frame> = self.pending.drain(..).collect();
         let closed = async {
             loop {
                 match self.ws.next().await {
+                    Some(Ok(Message::Text(text))) => frames.push(
+                        Frame::decode(&text)
+                            .with_context(|| format!("the server sent a bad frame: {text}"))?,
+                    ),
                     Some(Ok(Message::Close(Some(close)))) => return Ok(close),
                     Some(Ok(Message::Close(None))) => bail!("closed without a close code"),
                     Some(Ok(_)) => {}
@@ -124,9 +178,10 @@ impl PhoenixClient {
                 }
             }
         };
-        timeout(RECV_TIMEOUT, closed)
+        let close = timeout(within, closed)
             .await
-            .map_err(|_| anyhow!("socket still open after {RECV_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("socket still open after {within:?}"))??;
+        Ok((frames, close))
     }
 
     /// Sends a request (join, leave, heartbeat, media event) and returns the `phx_reply` that
@@ -271,9 +326,9 @@ impl PhoenixClient {
             .map_err(|_| anyhow!("no `{kind}` within {RECV_TIMEOUT:?}"))?
     }
 
-    /// Sends the media `join` with `metadata` on a joined channel and checks the answers:
-    /// `peerAccepted`, then `peerJoined` for this peer. Returns the acceptance (its id and
-    /// the peers already in the room).
+    /// Sends the media `join` with `metadata` on a joined channel and waits for the answers:
+    /// `peerAccepted`, then `peerJoined` for this peer (frames of other kinds stay queued).
+    /// Returns the acceptance (its id and the peers already in the room).
     pub async fn join_room(
         &mut self,
         channel: &Channel,
@@ -281,19 +336,18 @@ impl PhoenixClient {
     ) -> anyhow::Result<PeerAccepted> {
         self.push(channel, &ClientEvent::Join(Join { metadata }))
             .await?;
-        let accepted = match self.next_media_event().await? {
+        let accepted = match self.wait_for("peerAccepted").await? {
             (_, ServerEvent::PeerAccepted(accepted)) => accepted,
             (frame, _) => bail!("expected `peerAccepted`, got {}", frame.encode()),
         };
-        match self.next_media_event().await? {
-            (_, ServerEvent::PeerJoined(joined)) if joined.peer.id == accepted.id => {}
-            (frame, _) => bail!(
-                "expected `peerJoined` for {}, got {}",
-                accepted.id,
-                frame.encode()
-            ),
+        loop {
+            match self.wait_for("peerJoined").await? {
+                (_, ServerEvent::PeerJoined(joined)) if joined.peer.id == accepted.id => {
+                    return Ok(accepted)
+                }
+                _ => continue,
+            }
         }
-        Ok(accepted)
     }
 
     /// Whether `frame` is an `ok` reply to one of this client's media pushes.
@@ -325,6 +379,25 @@ impl PhoenixClient {
                 None => bail!("socket ended"),
             }
         }
+    }
+}
+
+/// The reason of an error `phx_reply`; fails on anything else.
+pub fn error_reason(reply: &Frame) -> anyhow::Result<String> {
+    ensure!(
+        reply.event == PhoenixEvent::Reply,
+        "expected a reply, got {}",
+        reply.encode()
+    );
+    let payload = reply.as_reply()?;
+    ensure!(
+        payload.status == ReplyStatus::Error,
+        "expected an error reply, got {}",
+        reply.encode()
+    );
+    match payload.response.get("reason") {
+        Some(serde_json::Value::String(reason)) => Ok(reason.clone()),
+        _ => bail!("error reply without a reason: {}", reply.encode()),
     }
 }
 

@@ -4,12 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
-use e2e::phoenix::{Channel, PhoenixClient};
+use anyhow::bail;
+use e2e::phoenix::{error_reason, Channel, PhoenixClient};
 use e2e::TestServer;
 use serde_json::{json, Value};
 use shared::client_event::{Join, UpdatePeerMetadata};
-use shared::phoenix::ReplyStatus;
 use shared::server_event::{PeerInfo, PeerJoined, PeerLeft, PeerWithTracks};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, ServerEvent};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -36,25 +35,6 @@ fn raw_media_event(channel: &Channel, msg_ref: &str, data: &str) -> Frame {
         &channel.topic,
         data.to_owned(),
     )
-}
-
-/// The reason of an error `phx_reply`; fails on anything else.
-fn error_reason(reply: &Frame) -> anyhow::Result<String> {
-    ensure!(
-        reply.event == PhoenixEvent::Reply,
-        "expected a reply, got {}",
-        reply.encode()
-    );
-    let payload = reply.as_reply()?;
-    ensure!(
-        payload.status == ReplyStatus::Error,
-        "expected an error reply, got {}",
-        reply.encode()
-    );
-    match payload.response.get("reason") {
-        Some(Value::String(reason)) => Ok(reason.clone()),
-        _ => bail!("error reply without a reason: {}", reply.encode()),
-    }
 }
 
 /// Checks that `frame` is a server push on `channel`: `ref` null, the channel's current join_ref.

@@ -5,14 +5,13 @@
 //! `cargo build --release -p server -p e2e && target/release/loadgen --scenario all`
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use e2e::load::{self, Figures, Load};
+use e2e::process::ServerProcess;
 use e2e::synthetic::PeerOptions;
-use tokio::process::{Child, Command};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -58,19 +57,14 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-/// A server this run started, stopped when dropped.
-struct SpawnedServer {
-    _child: Child,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (socket_url, server_pid, _spawned) = match &args.server {
         Some(url) => (url.clone(), args.server_pid, None),
         None => {
-            let (url, pid, spawned) = spawn_server(args.server_bin.clone()).await?;
-            (url, Some(pid), Some(spawned))
+            let spawned = spawn_server(args.server_bin.clone()).await?;
+            (spawned.socket_url(), Some(spawned.pid), Some(spawned))
         }
     };
     let scenarios = match args.scenario {
@@ -216,27 +210,15 @@ async fn ramp(
     Ok(rows)
 }
 
-async fn spawn_server(binary: Option<PathBuf>) -> anyhow::Result<(String, u32, SpawnedServer)> {
+async fn spawn_server(binary: Option<PathBuf>) -> anyhow::Result<ServerProcess> {
     let binary = match binary {
         Some(binary) => binary,
-        None => std::env::current_exe()?.with_file_name("videoroom"),
+        None => ServerProcess::binary_beside_this_one()?,
     };
-    if !binary.is_file() {
-        bail!(
-            "no server binary at {} (cargo build --release -p server)",
-            binary.display()
-        );
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new(&binary)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--log",
-            "error",
-            // Every synthetic peer comes from loopback, and rooms get as big as the run asks.
+    // Every synthetic peer comes from loopback, and rooms get as big as the run asks.
+    let server = ServerProcess::spawn(
+        &binary,
+        &[
             "--max-peers-per-room",
             "1000",
             "--max-tracks-per-peer",
@@ -249,23 +231,14 @@ async fn spawn_server(binary: Option<PathBuf>) -> anyhow::Result<(String, u32, S
             "100000",
             "--max-connections-per-ip",
             "100000",
-        ])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let pid = child.id().context("the server exited at once")?;
-    let health = format!("http://127.0.0.1:{port}/health");
-    for _ in 0..100 {
-        if reqwest::get(&health)
-            .await
-            .is_ok_and(|response| response.status().is_success())
-        {
-            let url = format!("ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0");
-            eprintln!("started {} (pid {pid}) on port {port}", binary.display());
-            return Ok((url, pid, SpawnedServer { _child: child }));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the server did not answer on {health}")
+        ],
+    )
+    .await?;
+    eprintln!(
+        "started {} (pid {}) on port {}",
+        binary.display(),
+        server.pid,
+        server.port
+    );
+    Ok(server)
 }
