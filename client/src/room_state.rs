@@ -14,6 +14,8 @@ pub enum Status {
     #[default]
     Connecting,
     Joined,
+    /// The connection to the server was lost; the call is being joined again.
+    Reconnecting,
     Disconnected,
     Failed,
 }
@@ -24,6 +26,7 @@ impl Status {
         match self {
             Status::Connecting => "connecting",
             Status::Joined => "joined",
+            Status::Reconnecting => "reconnecting",
             Status::Disconnected => "disconnected",
             Status::Failed => "failed",
         }
@@ -100,6 +103,9 @@ pub enum RoomAction {
     Mic(bool),
     Camera(bool),
     Problem(String),
+    /// The connection was lost and is being made again: the others are gone until the room is
+    /// joined anew (with a new id).
+    Reconnecting,
     /// The connection ended: `Failed` with a reason, or `Disconnected`.
     Ended(Status, Option<String>),
 }
@@ -198,6 +204,13 @@ impl Reducible for RoomState {
             RoomAction::Mic(on) => state.mic_on = on,
             RoomAction::Camera(on) => state.camera_on = on,
             RoomAction::Problem(problem) => state.problems.push(problem),
+            RoomAction::Reconnecting => {
+                if !matches!(state.status, Status::Disconnected | Status::Failed) {
+                    state.status = Status::Reconnecting;
+                    state.me = None;
+                    state.peers.clear();
+                }
+            }
             RoomAction::Ended(status, reason) => {
                 if !matches!(state.status, Status::Disconnected | Status::Failed) {
                     state.status = status;
@@ -290,6 +303,37 @@ mod tests {
         );
         state = reduce(state, RoomAction::PeerLeft(ann.clone()));
         assert_eq!(state.peers.len(), 1);
+    }
+
+    #[test]
+    fn reconnecting_forgets_the_others_until_the_room_is_joined_again() {
+        let (me, ann) = (peer(1), peer(2));
+        let mut state = Rc::new(RoomState::default());
+        state = reduce(
+            state,
+            RoomAction::Joined {
+                me,
+                peers: vec![(ann.clone(), json!({"displayName": "Ann"}), BTreeMap::new())],
+            },
+        );
+        state = reduce(state, RoomAction::Reconnecting);
+        assert_eq!(state.status, Status::Reconnecting);
+        assert!(state.peers.is_empty() && state.me.is_none());
+        let me_again = peer(3);
+        state = reduce(
+            state,
+            RoomAction::Joined {
+                me: me_again.clone(),
+                peers: vec![(ann.clone(), json!({"displayName": "Ann"}), BTreeMap::new())],
+            },
+        );
+        assert_eq!(state.status, Status::Joined);
+        assert_eq!(state.me, Some(me_again));
+        assert_eq!(state.peers[&ann].name(), "Ann");
+        // Once the call ended, a late reconnect does not bring it back.
+        state = reduce(state, RoomAction::Ended(Status::Disconnected, None));
+        state = reduce(state, RoomAction::Reconnecting);
+        assert_eq!(state.status, Status::Disconnected);
     }
 
     #[test]

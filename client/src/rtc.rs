@@ -2,6 +2,11 @@
 //! `RTCPeerConnection`. It joins, publishes the local tracks, answers every `offerData` with an
 //! offer (receiving slots included), applies the server's answers and candidates, and turns
 //! what happens into [`RoomAction`]s for the page. Events are handled one at a time, in order.
+//!
+//! A call outlives a lost connection: when the socket drops (or the server ends a call whose
+//! media had been flowing), the page reconnects with backoff and joins the room again under the
+//! same name, publishing the same camera and microphone; when only the media path fails, it
+//! asks for a renegotiation and restarts ICE.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -9,6 +14,7 @@ use std::rc::Rc;
 
 use futures::channel::mpsc;
 use futures::StreamExt;
+use gloo_timers::future::TimeoutFuture;
 use shared::client_event::{
     ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, UpdateTrackMetadata,
 };
@@ -30,16 +36,46 @@ use crate::media;
 use crate::room_state::{RoomAction, Status};
 use crate::signaling::{Signaling, SignalingEvent};
 
+/// Attempts to reconnect in a row (without getting into the room) before the call is given up.
+const MAX_RECONNECT_ATTEMPTS: u32 = 10;
+
+/// How long to wait before reconnect attempt `attempt` (from 1): 1, 2, 4, 8 s, then 10 s.
+fn reconnect_delay_ms(attempt: u32) -> u32 {
+    1000u32
+        .saturating_mul(1 << attempt.saturating_sub(1).min(4))
+        .min(10_000)
+}
+
 /// A call in progress. [`Session::leave`] ends it.
 #[derive(Clone)]
 pub struct Session {
     inner: Rc<RefCell<Inner>>,
 }
 
+/// What the call does after an event.
+enum Next {
+    Continue,
+    /// The connection was lost (the reason says how): join the room again.
+    Reconnect(String),
+}
+
+/// A signaling event, with the number of the connection it came on.
+type Tagged = (u32, SignalingEvent);
+
 struct Inner {
+    room: RoomId,
     display_name: String,
     dispatch: Callback<RoomAction>,
     signaling: Option<Signaling>,
+    /// Where every connection's events go, tagged with its number.
+    events: Option<mpsc::UnboundedSender<Tagged>>,
+    /// The number of the current connection; events of earlier ones are stale.
+    connection: u32,
+    /// Reconnect attempts since the room last accepted us.
+    attempts: u32,
+    /// Whether this join's media connection came up: if the server then ends the call, it is
+    /// worth joining again.
+    media_up: bool,
     local_stream: Option<MediaStream>,
     local_tracks: Vec<LocalTrack>,
     me: Option<PeerId>,
@@ -64,9 +100,14 @@ impl Session {
     pub fn start(room: RoomId, display_name: String, dispatch: Callback<RoomAction>) -> Session {
         let session = Session {
             inner: Rc::new(RefCell::new(Inner {
+                room,
                 display_name,
                 dispatch,
                 signaling: None,
+                events: None,
+                connection: 0,
+                attempts: 0,
+                media_up: false,
                 local_stream: None,
                 local_tracks: Vec::new(),
                 me: None,
@@ -77,11 +118,11 @@ impl Session {
                 left: false,
             })),
         };
-        spawn_local(session.clone().run(room));
+        spawn_local(session.clone().run());
         session
     }
 
-    async fn run(self, room: RoomId) {
+    async fn run(self) {
         let local = media::open().await;
         let dispatch = self.inner.borrow().dispatch.clone();
         if let Some(problem) = local.problem {
@@ -99,23 +140,76 @@ impl Session {
         }
         self.inner.borrow_mut().local_stream = local.stream;
 
-        let (events, mut queue) = mpsc::unbounded();
-        let on_event = Callback::from(move |event| {
-            let _ = events.unbounded_send(event);
-        });
-        match Signaling::connect(&room, on_event) {
-            Ok(signaling) => self.inner.borrow_mut().signaling = Some(signaling),
-            Err(reason) => return dispatch.emit(RoomAction::Ended(Status::Failed, Some(reason))),
-        }
-        while let Some(event) = queue.next().await {
+        let (events, mut queue) = mpsc::unbounded::<Tagged>();
+        self.inner.borrow_mut().events = Some(events);
+        self.open_signaling();
+        while let Some((connection, event)) = queue.next().await {
             if self.inner.borrow().left {
                 break;
             }
-            if let Err(err) = self.handle(event).await {
-                let reason = format!("The call failed: {}", describe(&err));
-                dispatch.emit(RoomAction::Ended(Status::Failed, Some(reason)));
-                self.leave();
+            if connection != self.inner.borrow().connection {
+                continue; // from a connection given up
             }
+            match self.handle(event).await {
+                Ok(Next::Continue) => {}
+                Ok(Next::Reconnect(reason)) => self.reconnect(reason).await,
+                Err(err) => {
+                    let reason = format!("The call failed: {}", describe(&err));
+                    dispatch.emit(RoomAction::Ended(Status::Failed, Some(reason)));
+                    self.leave();
+                }
+            }
+        }
+    }
+
+    /// Opens a signaling connection (the current one) and joins the room's channel; a failure
+    /// to open comes back as that connection's `Closed` event.
+    fn open_signaling(&self) {
+        let (connection, room, events) = {
+            let inner = self.inner.borrow();
+            (inner.connection, inner.room.clone(), inner.events.clone())
+        };
+        let Some(events) = events else { return };
+        let on_event = {
+            let events = events.clone();
+            Callback::from(move |event| {
+                let _ = events.unbounded_send((connection, event));
+            })
+        };
+        match Signaling::connect(&room, on_event) {
+            Ok(signaling) => self.inner.borrow_mut().signaling = Some(signaling),
+            Err(reason) => {
+                let _ = events.unbounded_send((connection, SignalingEvent::Closed(reason)));
+            }
+        }
+    }
+
+    /// Drops the lost call (the server has dropped it too) and, after a backoff, joins again.
+    async fn reconnect(&self, reason: String) {
+        let attempt = {
+            let mut inner = self.inner.borrow_mut();
+            inner.drop_call();
+            inner.connection += 1;
+            inner.attempts += 1;
+            inner.attempts
+        };
+        if attempt > MAX_RECONNECT_ATTEMPTS {
+            self.dispatch(RoomAction::Ended(
+                Status::Disconnected,
+                Some(format!(
+                    "Disconnected: {reason}; {MAX_RECONNECT_ATTEMPTS} attempts to reconnect failed."
+                )),
+            ));
+            self.leave();
+            return;
+        }
+        gloo::console::warn!(format!(
+            "connection lost ({reason}); reconnecting, attempt {attempt}"
+        ));
+        self.dispatch(RoomAction::Reconnecting);
+        TimeoutFuture::new(reconnect_delay_ms(attempt)).await;
+        if !self.inner.borrow().left {
+            self.open_signaling();
         }
     }
 
@@ -130,33 +224,29 @@ impl Session {
         dispatch.emit(action);
     }
 
-    async fn handle(&self, event: SignalingEvent) -> Result<(), JsValue> {
+    async fn handle(&self, event: SignalingEvent) -> Result<Next, JsValue> {
         match event {
             SignalingEvent::Joined => {
                 let metadata = peer_metadata(&self.inner.borrow().display_name);
                 self.push(ClientEvent::Join(Join { metadata }));
             }
-            SignalingEvent::Event(event) => self.on_server_event(event).await?,
+            SignalingEvent::Event(event) => return self.on_server_event(event).await,
             SignalingEvent::Refused(reason) => self.dispatch(RoomAction::Problem(reason)),
-            SignalingEvent::Closed(reason) => {
-                if !self.inner.borrow().left {
-                    self.dispatch(RoomAction::Ended(
-                        Status::Disconnected,
-                        Some(format!("Disconnected: {reason}.")),
-                    ));
-                    self.leave();
-                }
-            }
+            SignalingEvent::Closed(reason) => return Ok(Next::Reconnect(reason)),
         }
-        Ok(())
+        Ok(Next::Continue)
     }
 
-    async fn on_server_event(&self, event: ServerEvent) -> Result<(), JsValue> {
+    async fn on_server_event(&self, event: ServerEvent) -> Result<Next, JsValue> {
         let me = self.inner.borrow().me.clone();
         let is_me = |id: &PeerId| me.as_ref() == Some(id);
         match event {
             ServerEvent::PeerAccepted(accepted) => {
-                self.inner.borrow_mut().me = Some(accepted.id.clone());
+                {
+                    let mut inner = self.inner.borrow_mut();
+                    inner.me = Some(accepted.id.clone());
+                    inner.attempts = 0;
+                }
                 // With tracks in the room the server sends `offerData` unprompted (protocol §3,
                 // step 4), and our offer to it carries our tracks: asking again would only add
                 // a second negotiation round to the join.
@@ -225,6 +315,12 @@ impl Session {
                 }
             }
             ServerEvent::Error(error) => {
+                let reason = format!("the server ended the call: {}", error.message);
+                // A call whose media flowed is worth joining again; one whose media never
+                // came up would only fail the same way.
+                if self.inner.borrow().media_up {
+                    return Ok(Next::Reconnect(reason));
+                }
                 self.dispatch(RoomAction::Ended(
                     Status::Failed,
                     Some(format!("The server ended the call: {}", error.message)),
@@ -243,7 +339,7 @@ impl Session {
             }
             _ => {}
         }
-        Ok(())
+        Ok(Next::Continue)
     }
 
     /// Gives each local track its id `<peerId>:<uuid>`; false when there is nothing to publish.
@@ -408,10 +504,15 @@ impl Session {
         let session = self.clone();
         let watched = pc.clone();
         let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
-            if watched.connection_state() == RtcPeerConnectionState::Failed {
-                session.dispatch(RoomAction::Problem(
-                    "The media connection failed: the others may not see or hear you.".to_owned(),
-                ));
+            match watched.connection_state() {
+                RtcPeerConnectionState::Connected => session.inner.borrow_mut().media_up = true,
+                // The media path broke but signaling still works: ask for a negotiation, whose
+                // offer restarts ICE (see `offer`).
+                RtcPeerConnectionState::Failed => {
+                    gloo::console::warn!("the media connection failed; restarting ICE");
+                    session.push(ClientEvent::RenegotiateTracks);
+                }
+                _ => {}
             }
         });
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
@@ -474,15 +575,29 @@ impl Session {
         if std::mem::replace(&mut inner.left, true) {
             return;
         }
-        if let Some(signaling) = inner.signaling.take() {
+        if let Some(signaling) = &inner.signaling {
             // Queued before the socket closes: the writer sends what it has, then closes.
             signaling.push(&ClientEvent::Leave);
         }
-        if let Some(pc) = inner.pc.take() {
+        inner.drop_call();
+        stop_tracks(inner.local_stream.as_ref());
+    }
+}
+
+impl Inner {
+    /// Forgets the call with the server: the socket, the connection, and everything named by
+    /// this join's ids. The local camera and microphone stay, to be published again.
+    fn drop_call(&mut self) {
+        self.signaling = None;
+        if let Some(pc) = self.pc.take() {
             pc.close();
         }
-        inner.handlers.clear();
-        stop_tracks(inner.local_stream.as_ref());
+        self.handlers.clear();
+        self.me = None;
+        self.local_tracks.clear();
+        self.mid_to_track_id.clear();
+        self.early_candidates.clear();
+        self.media_up = false;
     }
 }
 

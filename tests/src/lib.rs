@@ -43,6 +43,11 @@ impl TestServer {
 
     /// The server serving the built client, which browser tests need.
     pub async fn with_client() -> anyhow::Result<TestServer> {
+        Self::start_with(Self::client_config()?).await
+    }
+
+    /// The defaults, serving the built client.
+    pub fn client_config() -> anyhow::Result<server::Config> {
         let static_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
         if !static_dir.join("index.html").is_file() {
             bail!(
@@ -50,11 +55,10 @@ impl TestServer {
                 static_dir.display()
             );
         }
-        Self::start_with(server::Config {
+        Ok(server::Config {
             static_dir,
             ..server::Config::defaults()
         })
-        .await
     }
 
     pub async fn start_with(config: server::Config) -> anyhow::Result<TestServer> {

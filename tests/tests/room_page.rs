@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 
 /// From clicking Join to the first frame of someone else's video; generous, not a target.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
-/// How soon the others must see a participant who disconnected go.
-const LEAVE_LIMIT: Duration = Duration::from_secs(3);
+/// How soon the others must see a participant who disconnected go: generous, so a loaded
+/// machine passes (it takes a few hundred ms on a quiet one, and the test prints it).
+const LEAVE_LIMIT: Duration = Duration::from_secs(10);
 /// How long mute and camera-off marks may take to show on the other side.
 const INDICATOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the others' video is watched after someone left.
@@ -179,7 +180,7 @@ async fn a_late_joiner_sees_everyone_and_leaves_cleanly() -> anyhow::Result<()> 
         carol.wait_for_path("/").await?;
         for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
             browser
-                .wait_for_presence(&carol_item, false, Duration::from_secs(1))
+                .wait_for_presence(&carol_item, false, LEAVE_LIMIT)
                 .await
                 .with_context(|| format!("Carol stayed in the participants list of {page}"))?;
             assert_tile_count(browser, 2).await?;
@@ -481,6 +482,45 @@ fn report_watches(watches: &[(&str, Watch, &Browser, &str, &str)]) {
             watch.samples.last().map(|sample| sample.1),
         );
     }
+}
+
+/// Ann's signaling socket is cut as a network failure would cut it: her page says it is
+/// reconnecting, joins the room again by itself, and Ann and Bob see each other again.
+#[tokio::test]
+async fn a_cut_connection_comes_back_by_itself() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let hooks = server::test_hooks::TestHooks::default();
+    let server = TestServer::start_with(server::Config {
+        test_hooks: Some(hooks.clone()),
+        ..TestServer::client_config()?
+    })
+    .await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "cut").await?;
+        let old_id = own_peer_id(&ann).await?;
+        let cut = Instant::now();
+        hooks.cut_socket_of(&shared::PeerId::new(old_id.clone())?);
+        wait_for_status(&ann, "reconnecting", JOIN_TIMEOUT).await?;
+        wait_for_status(&ann, "joined", JOIN_TIMEOUT).await?;
+        let new_id = own_peer_id(&ann).await?;
+        ensure!(new_id != old_id, "Ann kept her old peer id {old_id}");
+        tokio::try_join!(
+            playing_within(&ann, "Bob", "Ann's page", FIRST_FRAME_TIMEOUT),
+            playing_within(&bob, "Ann", "Bob's page", FIRST_FRAME_TIMEOUT),
+        )?;
+        println!(
+            "Ann's socket cut → both videos playing again after {} ms",
+            cut.elapsed().as_millis()
+        );
+        assert_participants(&ann, &["Ann (you)", "Bob"]).await?;
+        assert_participants(&bob, &["Ann", "Bob (you)"]).await?;
+        assert_tile_count(&bob, 2).await?;
+        assert_hearing(&bob, "Ann", "Bob's page").await?;
+        wait_for_counts(&server, 2).await
+    }
+    .await;
+    finish(outcome, vec![("cut-ann", ann), ("cut-bob", bob)]).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -975,9 +1015,9 @@ async fn watch_video(browser: &Browser, name: &str, duration: Duration) -> anyho
     Ok(watch)
 }
 
-/// Waits (up to 3 s) for the server to count `peers` peers and as many peer connections.
+/// Waits (up to 10 s) for the server to count `peers` peers and as many peer connections.
 async fn wait_for_counts(server: &TestServer, peers: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let counts = server.counts().await?;
         if counts.peers == peers && counts.peer_connections == peers {

@@ -154,6 +154,7 @@ fn call(props: &CallProps) -> Html {
     let status_text = match state.status {
         Status::Connecting => "Connecting…",
         Status::Joined => "Connected",
+        Status::Reconnecting => "Reconnecting…",
         Status::Disconnected => "Disconnected",
         Status::Failed => "Connection failed",
     };
