@@ -55,3 +55,16 @@ ensure_browser() {
     apt_install chromium chromium-driver
   fi
 }
+
+# cargo-fuzz and the nightly toolchain it builds with (libFuzzer needs nightly's sanitizer flags).
+ensure_fuzz_tools() {
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "fuzzing needs a nightly toolchain beside stable: rustup toolchain install nightly" >&2
+    return 1
+  fi
+  local fuzz_version=0.13.2
+  if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $fuzz_version" ]; then
+    say "installing cargo-fuzz $fuzz_version (about 2 minutes, once)"
+    cargo install cargo-fuzz --version "$fuzz_version" --locked
+  fi
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: the protocol, the server, and the browser tests in headless
-# Chromium against the real server serving the freshly built client. Installs what they need.
+# Runs every test of the workspace: the protocol, the server, the attack suite, and the browser
+# tests in headless Chromium against the real server serving the freshly built client; then a
+# short fuzz run of every fuzz target. Installs what they need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -15,3 +16,5 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"
+say "fuzzing each target briefly (scripts/fuzz.sh SECONDS for a longer run)"
+scripts/fuzz.sh 15

@@ -158,6 +158,8 @@ pub struct EndpointBusy;
 /// The room's side of an endpoint. Dropping it closes the peer connection.
 pub struct EndpointHandle {
     commands: mpsc::Sender<Command>,
+    /// The commands of an endpoint that is not there (see [`EndpointHandle::unattended`]).
+    _unattended: Option<mpsc::Receiver<Command>>,
 }
 
 impl EndpointHandle {
@@ -176,7 +178,20 @@ impl EndpointHandle {
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
         let task = tokio::spawn(run(peer_id.clone(), settings, room.clone(), receiver, open));
         tokio::spawn(supervise(task, peer_id, room));
-        Ok(EndpointHandle { commands })
+        Ok(EndpointHandle {
+            commands,
+            _unattended: None,
+        })
+    }
+
+    /// An endpoint with no task and no connection, whose commands pile up unread (until its
+    /// queue is full): what a room runs with when it is driven without sockets.
+    pub fn unattended(_: PeerId, _: Arc<RtcSettings>, _: RoomHandle) -> Result<Self, String> {
+        let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
+        Ok(EndpointHandle {
+            commands,
+            _unattended: Some(receiver),
+        })
     }
 
     pub fn negotiate(&self, negotiation: Negotiation) -> Result<(), EndpointBusy> {

@@ -7,12 +7,13 @@
 //!   subscribers' down-tracks in [`forward`], never through the room; [`webrtc_setup`] holds
 //!   the codecs and interceptors every peer connection uses.
 //!
-//! [`limits`] holds every bound a client could otherwise push, and [`test_hooks`] the faults
-//! tests inject.
+//! [`limits`] holds every bound a client could otherwise push, [`test_hooks`] the faults tests
+//! inject, and [`harness`] drives a room without sockets (for its unit tests and the fuzzer).
 
 mod config;
 mod endpoint;
-mod forward;
+pub mod forward;
+pub mod harness;
 mod http;
 pub mod limits;
 mod listener;
@@ -31,7 +32,7 @@ pub use config::Config;
 pub use registry::Counts;
 use tokio::net::TcpListener;
 
-use crate::endpoint::RtcSettings;
+use crate::endpoint::{EndpointHandle, RtcSettings};
 use crate::registry::Registry;
 use crate::room::RoomSettings;
 
@@ -51,6 +52,7 @@ pub async fn serve(
         limits: Arc::new(config.limits.clone()),
         rtc: Arc::new(RtcSettings::from_config(&config)),
         test_hooks: config.test_hooks.clone(),
+        start_endpoint: EndpointHandle::spawn,
     });
     let app = http::router(&config, rooms);
     tracing::info!("videoroom listening on http://{address}");

@@ -62,6 +62,8 @@ pub enum JoinRefused {
     TooManyRooms(usize),
     #[error("the room is not available, try again")]
     Unavailable,
+    #[error("this peer is already in the room")]
+    AlreadyJoined,
 }
 
 /// What every room of the server shares.
@@ -69,7 +71,12 @@ pub struct RoomSettings {
     pub limits: Arc<Limits>,
     pub rtc: Arc<RtcSettings>,
     pub test_hooks: Option<TestHooks>,
+    /// How a peer's endpoint is started: [`EndpointHandle::spawn`], or
+    /// [`EndpointHandle::unattended`] when the room is driven without sockets.
+    pub start_endpoint: StartEndpoint,
 }
+
+pub type StartEndpoint = fn(PeerId, Arc<RtcSettings>, RoomHandle) -> Result<EndpointHandle, String>;
 
 /// The way to a room's task.
 #[derive(Clone)]
@@ -79,6 +86,12 @@ pub struct RoomHandle {
 }
 
 impl RoomHandle {
+    /// A handle and the mailbox it fills.
+    pub(crate) fn new(generation: u64) -> (RoomHandle, Mailbox) {
+        let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
+        (RoomHandle { tx, generation }, mailbox)
+    }
+
     pub async fn send(&self, message: RoomMessage) -> Result<(), RoomClosed> {
         self.tx.send(message).await.map_err(|_| RoomClosed)
     }
@@ -94,7 +107,7 @@ pub struct RoomClosed;
 /// Messages waiting for a room; senders wait when it is full, which slows a flooding socket.
 const MAILBOX_CAPACITY: usize = 1024;
 
-type Mailbox = mpsc::Receiver<RoomMessage>;
+pub(crate) type Mailbox = mpsc::Receiver<RoomMessage>;
 
 /// Starts the task of room `id`; `open` is its place among the server's open rooms.
 pub fn spawn(
@@ -104,15 +117,8 @@ pub fn spawn(
     registry: Registry,
     settings: Arc<RoomSettings>,
 ) -> RoomHandle {
-    let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
-    let handle = RoomHandle { tx, generation };
-    let room = Room {
-        id,
-        settings,
-        handle: handle.clone(),
-        peers: BTreeMap::new(),
-        tracks: BTreeMap::new(),
-    };
+    let (handle, mailbox) = RoomHandle::new(generation);
+    let room = Room::new(id, settings, handle.clone());
     tokio::spawn(async move {
         room.run(mailbox, registry).await;
         drop(open);
@@ -120,7 +126,7 @@ pub fn spawn(
     handle
 }
 
-struct Room {
+pub(crate) struct Room {
     id: RoomId,
     settings: Arc<RoomSettings>,
     /// Given to endpoints, so they can report to the room.
@@ -202,6 +208,16 @@ enum Removal {
 }
 
 impl Room {
+    pub(crate) fn new(id: RoomId, settings: Arc<RoomSettings>, handle: RoomHandle) -> Room {
+        Room {
+            id,
+            settings,
+            handle,
+            peers: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+        }
+    }
+
     async fn run(mut self, mut mailbox: Mailbox, registry: Registry) {
         tracing::info!(room = %self.id, "room opened");
         loop {
@@ -227,7 +243,7 @@ impl Room {
         tracing::info!(room = %self.id, "room closed");
     }
 
-    fn handle(&mut self, message: RoomMessage) {
+    pub(crate) fn handle(&mut self, message: RoomMessage) {
         match message {
             RoomMessage::Join {
                 peer_id,
@@ -301,7 +317,7 @@ impl Room {
     }
 
     /// Removes the peers whose offer is overdue.
-    fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         let overdue: Vec<PeerId> = self
             .peers
             .iter()
@@ -328,6 +344,10 @@ impl Room {
         outbox: Outbox,
         seat: QuotaGuard,
     ) -> Result<(), JoinRefused> {
+        if self.peers.contains_key(&peer_id) {
+            // Its socket joins each room once; a second join would orphan the first's tracks.
+            return Err(JoinRefused::AlreadyJoined);
+        }
         let max_peers = self.settings.limits.max_peers_per_room;
         if self.peers.len() >= max_peers {
             return Err(JoinRefused::Full(max_peers));
@@ -502,7 +522,8 @@ impl Room {
             };
         peer.candidates = 0;
         if peer.endpoint.is_none() {
-            let endpoint = EndpointHandle::spawn(
+            let start = self.settings.start_endpoint;
+            let endpoint = start(
                 peer_id.clone(),
                 self.settings.rtc.clone(),
                 self.handle.clone(),
@@ -517,6 +538,17 @@ impl Room {
             .iter()
             .map(|(mid, (id, _))| (mid.clone(), id.clone()))
             .collect();
+        // Tracks the offer no longer sends stop before anything can fail: a peer removed
+        // below takes only the tracks it now publishes with it.
+        let removed: BTreeSet<TrackId> = old.difference(&new).cloned().collect();
+        if !removed.is_empty() {
+            self.announce_removed(peer_id, &removed);
+            self.forget_tracks(&removed);
+        }
+        if !self.peers.contains_key(peer_id) {
+            // Its outbox overflowed on news of a peer that could not be told of the removal.
+            return Ok(());
+        }
 
         for (track_id, kind) in published.values() {
             let metadata = offer
@@ -562,7 +594,6 @@ impl Room {
         }
 
         let added: Vec<&TrackId> = new.difference(&old).collect();
-        let removed: BTreeSet<TrackId> = old.difference(&new).cloned().collect();
         if !added.is_empty() {
             let tracks_added = ServerEvent::TracksAdded(TracksAdded {
                 peer_id: peer_id.clone(),
@@ -574,10 +605,6 @@ impl Room {
                 }
             }
             self.broadcast(Some(peer_id), |_| true, &tracks_added);
-        }
-        if !removed.is_empty() {
-            self.announce_removed(peer_id, &removed);
-            self.forget_tracks(&removed);
         }
         if !added.is_empty() || !removed.is_empty() {
             self.renegotiate_all_but(Some(peer_id));
@@ -642,7 +669,14 @@ impl Room {
                     .get_mut(peer_id)
                     .expect("the caller checked the peer");
                 peer.negotiation = NegotiationState::Idle;
-                peer.receiving = sending.clone();
+                // A track may have stopped while the endpoint answered: the client still hears
+                // of its mid, but the peer no longer receives it.
+                let tracks = &self.tracks;
+                peer.receiving = sending
+                    .iter()
+                    .filter(|(_, id)| tracks.contains_key(*id))
+                    .map(|(mid, id)| (mid.clone(), id.clone()))
+                    .collect();
                 let mut mid_to_track_id = sending;
                 mid_to_track_id.extend(peer.published.clone());
                 self.push(
@@ -802,6 +836,56 @@ impl Room {
         for peer_id in peers {
             self.remove_peer(&peer_id, Removal::Unreachable);
         }
+    }
+}
+
+impl Room {
+    /// What must hold between any two messages, for tests and the fuzzer: every track has an
+    /// owner in the room who publishes it, peers only receive and know tracks that exist, and
+    /// the limits on peers and tracks hold.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let limits = &self.settings.limits;
+        if self.peers.len() > limits.max_peers_per_room {
+            return Err(format!("{} peers in the room", self.peers.len()));
+        }
+        for (track_id, track) in &self.tracks {
+            let published = self
+                .peers
+                .get(&track.owner)
+                .is_some_and(|owner| owner.published.values().any(|id| id == track_id));
+            if !published {
+                return Err(format!("track {track_id} has no owner publishing it"));
+            }
+        }
+        for (peer_id, peer) in &self.peers {
+            if peer.published.len() > limits.max_tracks_per_peer {
+                return Err(format!(
+                    "{peer_id} publishes {} tracks",
+                    peer.published.len()
+                ));
+            }
+            if let Some(id) = peer
+                .published
+                .values()
+                .find(|id| !self.tracks.contains_key(*id))
+            {
+                return Err(format!("{peer_id} publishes {id}, which the room lacks"));
+            }
+            let unknown = peer
+                .receiving
+                .values()
+                .chain(&peer.known)
+                .find(|id| !self.tracks.contains_key(*id));
+            if let Some(id) = unknown {
+                return Err(format!(
+                    "{peer_id} receives or knows {id}, which the room lacks"
+                ));
+            }
+            if peer.candidates > limits.max_candidates_per_peer + 1 {
+                return Err(format!("{peer_id} has {} candidates", peer.candidates));
+            }
+        }
+        Ok(())
     }
 }
 

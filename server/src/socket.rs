@@ -58,7 +58,7 @@ pub enum Delivery {
 }
 
 impl Outbox {
-    fn new(limit: usize) -> (Outbox, mpsc::UnboundedReceiver<Delivery>) {
+    pub(crate) fn new(limit: usize) -> (Outbox, mpsc::UnboundedReceiver<Delivery>) {
         let (deliveries, receiver) = mpsc::unbounded_channel();
         let state = Arc::new(OutboxState {
             queued_bytes: AtomicUsize::new(0),
