@@ -31,7 +31,8 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Unmarshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use server::forward::{header_for_leg, starts_keyframe, Codec};
+use server::codec::CODECS;
+use server::forward::{header_for_leg, LegNumbers};
 use server::webrtc_setup::{codec, is_keyframe_request, media_and_interceptors};
 
 const CLIENT: &str = "127.0.0.1:50000";
@@ -211,10 +212,16 @@ fn read_as_media(bytes: &[u8]) {
 }
 
 fn read_rtp(packet: &rtc::rtp::Packet) {
-    for codec in [Codec::Opus, Codec::Vp8, Codec::H264] {
-        starts_keyframe(codec, &packet.payload);
+    for spec in &CODECS {
+        (spec.starts_keyframe)(&packet.payload);
     }
-    header_for_leg(&packet.header, 0x1234, 100);
+    let leg = LegNumbers {
+        ssrc: 0x1234,
+        payload_type: 100,
+        sequence: packet.header.sequence_number,
+        timestamp: packet.header.timestamp,
+    };
+    header_for_leg(&packet.header, leg);
 }
 
 fuzz_target!(|data: &[u8]| {

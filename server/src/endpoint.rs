@@ -34,10 +34,11 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
 
-use crate::forward::{Codec, DownTrack, Fanout};
+use crate::codec::{Codec, MediaKind};
+use crate::forward::{DownTrack, Fanout};
 use crate::limits::{Quota, QuotaGuard};
 use crate::room::{RoomHandle, RoomMessage};
-use crate::sdp::{self, MediaKind};
+use crate::sdp;
 use crate::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
 use crate::Config;
 
@@ -391,7 +392,7 @@ impl Endpoint {
             let codec = section
                 .codecs
                 .first()
-                .and_then(|name| Codec::from_mime(name));
+                .and_then(|name| Codec::from_sdp_name(name));
             if let (Some(fanout), Some(codec)) = (fanout, codec) {
                 fanout.set_codec(codec);
             }

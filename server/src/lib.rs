@@ -10,6 +10,7 @@
 //! [`limits`] holds every bound a client could otherwise push, [`test_hooks`] the faults tests
 //! inject, and [`harness`] drives a room without sockets (for its unit tests and the fuzzer).
 
+pub mod codec;
 mod config;
 mod endpoint;
 pub mod forward;
@@ -18,6 +19,7 @@ mod http;
 pub mod limits;
 mod listener;
 mod registry;
+mod rewrite;
 mod room;
 mod sdp;
 mod socket;

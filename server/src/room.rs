@@ -22,13 +22,14 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
+use crate::codec::MediaKind;
 use crate::endpoint::{
     EndpointBusy, EndpointEvent, EndpointHandle, Negotiation, RtcSettings, Subscription,
 };
 use crate::forward::Fanout;
 use crate::limits::{LimitExceeded, Limits, QuotaGuard};
 use crate::registry::Registry;
-use crate::sdp::{self, Direction, MediaKind};
+use crate::sdp::{self, Direction};
 use crate::socket::Outbox;
 use crate::test_hooks::{PanicSite, TestHooks};
 

@@ -2,12 +2,7 @@
 //! codecs. The peer connection parses the offer in full; the room only needs these to decide
 //! which tracks a peer publishes and to refuse offers it cannot serve, with a clear reason.
 
-/// What a media section carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MediaKind {
-    Audio,
-    Video,
-}
+use crate::codec::{Codec, MediaKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -31,14 +26,9 @@ pub struct MediaSection {
 impl MediaSection {
     /// Whether the section offers a codec the SFU forwards for its kind.
     pub fn has_forwardable_codec(&self) -> bool {
-        let usable: &[&str] = match self.kind {
-            Some(MediaKind::Audio) => &["opus"],
-            Some(MediaKind::Video) => &["vp8", "h264"],
-            None => return false,
-        };
-        self.codecs
-            .iter()
-            .any(|codec| usable.contains(&codec.as_str()))
+        self.codecs.iter().any(|name| {
+            Codec::from_sdp_name(name).is_some_and(|codec| Some(codec.kind()) == self.kind)
+        })
     }
 }
 

@@ -9,9 +9,7 @@ use rtc::interceptor::{
     Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
-};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -26,6 +24,8 @@ use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnectionEventHandler,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
 };
+
+use crate::codec::{MediaKind, CODECS};
 
 /// What a peer connection reports to its owner.
 pub enum ConnectionEvent {
@@ -101,58 +101,46 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     packet.is::<PictureLossIndication>() || packet.is::<FullIntraRequest>()
 }
 
-/// Opus, VP8 and H264 (constrained baseline, as browsers offer it), with NACK, PLI and FIR
-/// feedback and RTX for video: (kind, payload type, codec).
+/// The codecs of the table in `codec`, each with NACK, PLI and FIR feedback and RTX for video:
+/// (kind, payload type, codec).
 fn codecs() -> Vec<(RtpCodecKind, u8, RTCRtpCodec)> {
     let feedback = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
         parameter: parameter.to_owned(),
     };
-    let video_feedback = || {
-        vec![
-            feedback("nack", ""),
-            feedback("nack", "pli"),
-            feedback("ccm", "fir"),
-        ]
-    };
-    let codec = |mime: &str, clock_rate, channels, fmtp: &str, rtcp_feedback| RTCRtpCodec {
-        mime_type: mime.to_owned(),
-        clock_rate,
-        channels,
-        sdp_fmtp_line: fmtp.to_owned(),
-        rtcp_feedback,
-    };
-    let h264 = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
-    let (audio, video) = (RtpCodecKind::Audio, RtpCodecKind::Video);
-    vec![
-        (
-            audio,
-            111,
-            codec(
-                MIME_TYPE_OPUS,
-                48_000,
-                2,
-                "minptime=10;useinbandfec=1",
-                vec![],
+    let mut codecs = Vec::new();
+    for spec in &CODECS {
+        let (kind, rtcp_feedback) = match spec.kind {
+            MediaKind::Audio => (RtpCodecKind::Audio, vec![]),
+            MediaKind::Video => (
+                RtpCodecKind::Video,
+                vec![
+                    feedback("nack", ""),
+                    feedback("nack", "pli"),
+                    feedback("ccm", "fir"),
+                ],
             ),
-        ),
-        (
-            video,
-            96,
-            codec(MIME_TYPE_VP8, 90_000, 0, "", video_feedback()),
-        ),
-        (video, 97, codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", vec![])),
-        (
-            video,
-            102,
-            codec(MIME_TYPE_H264, 90_000, 0, h264, video_feedback()),
-        ),
-        (
-            video,
-            103,
-            codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", vec![]),
-        ),
-    ]
+        };
+        let codec = RTCRtpCodec {
+            mime_type: spec.mime.to_owned(),
+            clock_rate: spec.clock_rate,
+            channels: spec.channels,
+            sdp_fmtp_line: spec.fmtp.to_owned(),
+            rtcp_feedback,
+        };
+        codecs.push((kind, spec.payload_type, codec));
+        if let Some(rtx) = spec.rtx_payload_type {
+            let codec = RTCRtpCodec {
+                mime_type: MIME_TYPE_RTX.to_owned(),
+                clock_rate: spec.clock_rate,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={}", spec.payload_type),
+                rtcp_feedback: vec![],
+            };
+            codecs.push((kind, rtx, codec));
+        }
+    }
+    codecs
 }
 
 fn media_engine() -> webrtc::error::Result<MediaEngine> {

@@ -27,6 +27,7 @@ use shared::phoenix::ReplyStatus;
 use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
+use server::codec::Codec;
 use server::webrtc_setup::{codec, rtp_track, ConnectionEvent, EventsToChannel};
 
 use crate::phoenix::{Channel, PhoenixClient};
@@ -378,9 +379,9 @@ impl Client {
             let ssrc = rand::random::<u32>();
             // One stream for the peer's audio and video, as a browser's getUserMedia gives.
             let mime = if kind == RtpCodecKind::Audio {
-                "audio/opus"
+                Codec::Opus.mime()
             } else {
-                "video/VP8"
+                Codec::Vp8.mime()
             };
             let codec = codec(mime).expect("Opus and VP8 are registered");
             let track = rtp_track(peer_id.to_string(), id.to_string(), kind, ssrc, codec);
@@ -625,9 +626,6 @@ async fn watch_keyframe_requests(
     }
 }
 
-/// Payload types our media engine registers (webrtc_setup): Opus 111, VP8 96.
-const OPUS_PT: u8 = 111;
-const VP8_PT: u8 = 96;
 const OPUS_FRAME: Duration = Duration::from_millis(20);
 const OPUS_PAYLOAD: usize = 120;
 /// Magic at the start of every generated payload body.
@@ -711,9 +709,12 @@ async fn send_media(
                     number,
                     options.video_packet_size.saturating_sub(2),
                 ));
-                (VP8_PT, payload)
+                (Codec::Vp8.payload_type(), payload)
             } else {
-                (OPUS_PT, payload_body(number, OPUS_PAYLOAD))
+                (
+                    Codec::Opus.payload_type(),
+                    payload_body(number, OPUS_PAYLOAD),
+                )
             };
             let packet = rtp::Packet {
                 header: rtp::Header {
