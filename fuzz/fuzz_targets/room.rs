@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use server::harness::RoomHarness;
+use server::signaling::harness::RoomHarness;
 use server::Config;
 use shared::client_event::{
     ClientCandidate, SdpOffer, SdpType, SessionDescription, UpdatePeerMetadata, UpdateTrackMetadata,

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use serde_json::json;
-use server::harness::RoomHarness;
+use server::signaling::harness::RoomHarness;
 use server::Config;
 use shared::client_event::{SdpOffer, SdpType, SessionDescription};
 use shared::{ClientEvent, TrackId};

@@ -12,8 +12,9 @@ use tower_http::compression::CompressionLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::registry::{Counts, Registry};
-use crate::{socket, Config};
+use crate::signaling::registry::{Counts, Registry};
+use crate::signaling::socket;
+use crate::Config;
 
 pub fn router(config: &Config, rooms: Registry) -> Router {
     let index = config.static_dir.join("index.html");

@@ -27,8 +27,8 @@ use shared::phoenix::ReplyStatus;
 use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
-use server::codec::Codec;
-use server::webrtc_setup::{codec, rtp_track, ConnectionEvent, EventsToChannel};
+use server::media::codec::Codec;
+use server::media::webrtc_setup::{codec, rtp_track, ConnectionEvent, EventsToChannel};
 
 use crate::phoenix::{Channel, PhoenixClient};
 use tokio::sync::mpsc;
@@ -473,7 +473,7 @@ impl Client {
     }
 
     async fn connect(&mut self) -> anyhow::Result<()> {
-        let (media, interceptors) = server::webrtc_setup::media_and_interceptors()?;
+        let (media, interceptors) = server::media::webrtc_setup::media_and_interceptors()?;
         let (events, event_rx) = mpsc::unbounded_channel();
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
@@ -617,7 +617,7 @@ async fn watch_keyframe_requests(
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
             if packets
                 .iter()
-                .any(|packet| server::webrtc_setup::is_keyframe_request(packet.as_ref()))
+                .any(|packet| server::media::webrtc_setup::is_keyframe_request(packet.as_ref()))
             {
                 sent.keyframe_requests.fetch_add(1, Ordering::Relaxed);
                 keyframe_wanted.store(true, Ordering::Relaxed);

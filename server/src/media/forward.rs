@@ -1,6 +1,6 @@
 //! The SFU's forwarding. A published track has one [`Fanout`]; each subscriber to it adds a
 //! [`DownTrack`] that rewrites the packet for its own leg (SSRC, payload type, sequence number
-//! and timestamp through [`crate::rewrite`], no header extensions) and holds video back until a
+//! and timestamp through [`crate::media::rewrite`], no header extensions) and holds video back until a
 //! keyframe starts. The decisions are plain functions;
 //! the per-packet path takes no lock held across an await and allocates nothing of its own.
 
@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 
-use crate::codec::{Codec, MediaKind};
-use crate::rewrite::Rewrite;
+use crate::media::codec::{Codec, MediaKind};
+use crate::media::rewrite::Rewrite;
 
 /// A publisher's header made fit for a subscriber's leg: its SSRC, payload type, sequence
 /// number and timestamp there, and no header extensions (their ids are negotiated per leg).

@@ -22,15 +22,15 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use crate::codec::MediaKind;
-use crate::endpoint::{
-    EndpointBusy, EndpointEvent, EndpointHandle, Negotiation, RtcSettings, Subscription,
-};
-use crate::forward::Fanout;
 use crate::limits::{LimitExceeded, Limits, QuotaGuard};
-use crate::registry::Registry;
-use crate::sdp::{self, Direction};
-use crate::socket::Outbox;
+use crate::media::codec::MediaKind;
+use crate::media::endpoint::{
+    EndpointBusy, EndpointEvent, EndpointHandle, EndpointReport, Negotiation, Reports, RtcSettings,
+    Subscription, REPORTS_CAPACITY,
+};
+use crate::media::forward::Fanout;
+use crate::media::sdp::{self, Direction};
+use crate::signaling::outbox::Outbox;
 use crate::test_hooks::{PanicSite, TestHooks};
 
 /// Messages a room task receives.
@@ -46,11 +46,6 @@ pub enum RoomMessage {
     },
     /// A media event from a joined peer (`leave` also when its socket or channel closed).
     Event { peer_id: PeerId, event: ClientEvent },
-    /// News from a peer's endpoint.
-    Endpoint {
-        peer_id: PeerId,
-        event: EndpointEvent,
-    },
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -77,7 +72,7 @@ pub struct RoomSettings {
     pub start_endpoint: StartEndpoint,
 }
 
-pub type StartEndpoint = fn(PeerId, Arc<RtcSettings>, RoomHandle) -> Result<EndpointHandle, String>;
+pub type StartEndpoint = fn(PeerId, Arc<RtcSettings>, Reports) -> Result<EndpointHandle, String>;
 
 /// The way to a room's task.
 #[derive(Clone)]
@@ -110,18 +105,19 @@ const MAILBOX_CAPACITY: usize = 1024;
 
 pub(crate) type Mailbox = mpsc::Receiver<RoomMessage>;
 
-/// Starts the task of room `id`; `open` is its place among the server's open rooms.
+/// Starts the task of room `id`; `open` is its place among the server's open rooms, and
+/// `on_close` runs when the room has closed to new joins.
 pub fn spawn(
     id: RoomId,
     generation: u64,
     open: QuotaGuard,
-    registry: Registry,
     settings: Arc<RoomSettings>,
+    on_close: impl FnOnce() + Send + 'static,
 ) -> RoomHandle {
     let (handle, mailbox) = RoomHandle::new(generation);
-    let room = Room::new(id, settings, handle.clone());
+    let (room, reports) = Room::new(id, settings);
     tokio::spawn(async move {
-        room.run(mailbox, registry).await;
+        room.run(mailbox, reports, on_close).await;
         drop(open);
     });
     handle
@@ -131,7 +127,7 @@ pub(crate) struct Room {
     id: RoomId,
     settings: Arc<RoomSettings>,
     /// Given to endpoints, so they can report to the room.
-    handle: RoomHandle,
+    reports: Reports,
     peers: BTreeMap<PeerId, Peer>,
     tracks: BTreeMap<TrackId, Track>,
 }
@@ -209,17 +205,28 @@ enum Removal {
 }
 
 impl Room {
-    pub(crate) fn new(id: RoomId, settings: Arc<RoomSettings>, handle: RoomHandle) -> Room {
-        Room {
+    /// A room, and the queue its endpoints report to.
+    pub(crate) fn new(
+        id: RoomId,
+        settings: Arc<RoomSettings>,
+    ) -> (Room, mpsc::Receiver<EndpointReport>) {
+        let (reports, receiver) = mpsc::channel(REPORTS_CAPACITY);
+        let room = Room {
             id,
             settings,
-            handle,
+            reports,
             peers: BTreeMap::new(),
             tracks: BTreeMap::new(),
-        }
+        };
+        (room, receiver)
     }
 
-    async fn run(mut self, mut mailbox: Mailbox, registry: Registry) {
+    async fn run(
+        mut self,
+        mut mailbox: Mailbox,
+        mut reports: mpsc::Receiver<EndpointReport>,
+        on_close: impl FnOnce(),
+    ) {
         tracing::info!(room = %self.id, "room opened");
         loop {
             let deadline = self.next_deadline();
@@ -228,6 +235,8 @@ impl Room {
                     Some(message) => self.handle(message),
                     None => break,
                 },
+                // The room holds a sender itself, so the queue never ends.
+                Some(report) = reports.recv() => self.on_report(report),
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.expire(Instant::now());
                 }
@@ -238,7 +247,7 @@ impl Room {
         }
         // Forget the room first, so new joins make a new one; joins already queued here are
         // dropped unanswered, and their senders retry with that new room.
-        registry.forget(&self.id, self.handle.generation);
+        on_close();
         mailbox.close();
         while mailbox.recv().await.is_some() {}
         tracing::info!(room = %self.id, "room closed");
@@ -267,11 +276,14 @@ impl Room {
                     tracing::debug!(peer = %peer_id, kind = event.kind(), "event from a peer not in the room");
                 }
             }
-            RoomMessage::Endpoint { peer_id, event } => {
-                if self.peers.contains_key(&peer_id) {
-                    self.guarded(&peer_id, |room| room.on_endpoint_event(&peer_id, event));
-                }
-            }
+        }
+    }
+
+    /// News from a peer's endpoint; stale when the peer has left since.
+    pub(crate) fn on_report(&mut self, report: EndpointReport) {
+        let EndpointReport { peer_id, event } = report;
+        if self.peers.contains_key(&peer_id) {
+            self.guarded(&peer_id, |room| room.on_endpoint_event(&peer_id, event));
         }
     }
 
@@ -527,7 +539,7 @@ impl Room {
             let endpoint = start(
                 peer_id.clone(),
                 self.settings.rtc.clone(),
-                self.handle.clone(),
+                self.reports.clone(),
             )
             .map_err(PeerFault)?;
             peer.endpoint = Some(endpoint);

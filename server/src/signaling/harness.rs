@@ -10,10 +10,10 @@ use shared::{ClientEvent, Metadata, PeerId, RoomId, ServerEvent, TrackId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::endpoint::{EndpointEvent, EndpointHandle, RtcSettings};
 use crate::limits::{Limits, Quota};
-use crate::room::{JoinRefused, Mailbox, Room, RoomHandle, RoomMessage, RoomSettings};
-use crate::socket::{Delivery, Outbox};
+use crate::media::endpoint::{EndpointEvent, EndpointHandle, EndpointReport, RtcSettings};
+use crate::signaling::outbox::{Delivery, Outbox};
+use crate::signaling::room::{JoinRefused, Room, RoomMessage, RoomSettings};
 use crate::test_hooks::TestHooks;
 use crate::Config;
 
@@ -23,7 +23,8 @@ pub struct RoomHarness {
     limits: Arc<Limits>,
     peers: Vec<HarnessPeer>,
     seats: Arc<Quota>,
-    _mailbox: Mailbox,
+    /// What unattended endpoints would report: nothing, as the harness reports for them.
+    _reports: mpsc::Receiver<EndpointReport>,
 }
 
 struct HarnessPeer {
@@ -50,14 +51,14 @@ impl RoomHarness {
             test_hooks: hooks.then(TestHooks::default),
             start_endpoint: EndpointHandle::unattended,
         };
-        let (handle, mailbox) = RoomHandle::new(0);
-        let room = RoomId::new("harness").expect("a valid room name");
+        let id = RoomId::new("harness").expect("a valid room name");
+        let (room, reports) = Room::new(id, Arc::new(settings));
         RoomHarness {
-            room: Room::new(room, Arc::new(settings), handle),
+            room,
             seats: Quota::new(limits.max_peers_total),
             limits,
             peers: Vec::new(),
-            _mailbox: mailbox,
+            _reports: reports,
         }
     }
 
@@ -123,7 +124,7 @@ impl RoomHarness {
 
     fn endpoint_event(&mut self, peer: usize, event: EndpointEvent) {
         let peer_id = self.peers[peer].id.clone();
-        self.room.handle(RoomMessage::Endpoint { peer_id, event });
+        self.room.on_report(EndpointReport { peer_id, event });
     }
 
     /// Lets the offer deadline pass for every peer waiting to offer.

@@ -34,12 +34,11 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
 
-use crate::codec::{Codec, MediaKind};
-use crate::forward::{DownTrack, Fanout};
 use crate::limits::{Quota, QuotaGuard};
-use crate::room::{RoomHandle, RoomMessage};
-use crate::sdp;
-use crate::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
+use crate::media::codec::{Codec, MediaKind};
+use crate::media::forward::{DownTrack, Fanout};
+use crate::media::sdp;
+use crate::media::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
 use crate::Config;
 
 /// Commands waiting for an endpoint: a negotiation and the candidates of one offer fit many
@@ -151,6 +150,19 @@ pub enum EndpointEvent {
     Failed(String),
 }
 
+/// An endpoint's news for its room, with whose endpoint it is.
+pub struct EndpointReport {
+    pub peer_id: PeerId,
+    pub event: EndpointEvent,
+}
+
+/// Where endpoints send their reports: the room reads them beside its own mailbox. Bounded;
+/// an endpoint waits when its room is behind (each negotiation yields a handful of reports).
+pub type Reports = mpsc::Sender<EndpointReport>;
+
+/// The capacity of a room's report queue.
+pub const REPORTS_CAPACITY: usize = 1024;
+
 /// The endpoint cannot take more commands: its queue is full, or it is gone.
 #[derive(Debug, Error)]
 #[error("the peer's media connection is not taking requests (too many queued, or it failed)")]
@@ -168,7 +180,7 @@ impl EndpointHandle {
     pub fn spawn(
         peer_id: PeerId,
         settings: Arc<RtcSettings>,
-        room: RoomHandle,
+        reports: Reports,
     ) -> Result<EndpointHandle, String> {
         let open = settings.peer_connections.try_take().ok_or_else(|| {
             format!(
@@ -177,8 +189,14 @@ impl EndpointHandle {
             )
         })?;
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
-        let task = tokio::spawn(run(peer_id.clone(), settings, room.clone(), receiver, open));
-        tokio::spawn(supervise(task, peer_id, room));
+        let task = tokio::spawn(run(
+            peer_id.clone(),
+            settings,
+            reports.clone(),
+            receiver,
+            open,
+        ));
+        tokio::spawn(supervise(task, peer_id, reports));
         Ok(EndpointHandle {
             commands,
             _unattended: None,
@@ -187,7 +205,7 @@ impl EndpointHandle {
 
     /// An endpoint with no task and no connection, whose commands pile up unread (until its
     /// queue is full): what a room runs with when it is driven without sockets.
-    pub fn unattended(_: PeerId, _: Arc<RtcSettings>, _: RoomHandle) -> Result<Self, String> {
+    pub fn unattended(_: PeerId, _: Arc<RtcSettings>, _: Reports) -> Result<Self, String> {
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
         Ok(EndpointHandle {
             commands,
@@ -213,19 +231,19 @@ impl EndpointHandle {
 }
 
 /// Waits for an endpoint's task, and reports the peer failed if the task panicked.
-async fn supervise(task: JoinHandle<()>, peer_id: PeerId, room: RoomHandle) {
+async fn supervise(task: JoinHandle<()>, peer_id: PeerId, reports: Reports) {
     let Err(err) = task.await else { return };
     if err.is_panic() {
         tracing::error!(peer = %peer_id, %err, "the endpoint task panicked");
         let event = EndpointEvent::Failed("internal server error".to_owned());
-        report(&room, &peer_id, event).await;
+        report(&reports, &peer_id, event).await;
     }
 }
 
 async fn run(
     peer_id: PeerId,
     settings: Arc<RtcSettings>,
-    room: RoomHandle,
+    reports: Reports,
     mut commands: mpsc::Receiver<Command>,
     _open: QuotaGuard,
 ) {
@@ -235,7 +253,7 @@ async fn run(
         Ok(pc) => pc,
         Err(reason) => {
             tracing::error!(peer = %peer_id, %reason, "cannot create a peer connection");
-            report(&room, &peer_id, EndpointEvent::Failed(reason)).await;
+            report(&reports, &peer_id, EndpointEvent::Failed(reason)).await;
             return;
         }
     };
@@ -243,7 +261,7 @@ async fn run(
         ice_timeout: settings.ice_timeout,
         peer_id,
         pc,
-        room,
+        reports,
         publications: Arc::default(),
         subscriptions: BTreeMap::new(),
         stopped: BTreeMap::new(),
@@ -285,7 +303,7 @@ async fn run(
 struct Endpoint {
     peer_id: PeerId,
     pc: Arc<dyn PeerConnection>,
-    room: RoomHandle,
+    reports: Reports,
     /// The fan-out of each track the client publishes, by mid, as of the last offer.
     publications: Arc<BTreeMap<String, Arc<Fanout>>>,
     subscriptions: BTreeMap<TrackId, Subscribed>,
@@ -318,7 +336,7 @@ struct Subscribed {
 
 impl Endpoint {
     async fn report(&self, event: EndpointEvent) {
-        report(&self.room, &self.peer_id, event).await;
+        report(&self.reports, &self.peer_id, event).await;
     }
 
     async fn negotiate(&mut self, negotiation: Negotiation) -> Result<(), String> {
@@ -602,12 +620,13 @@ impl Drop for Endpoint {
     }
 }
 
-async fn report(room: &RoomHandle, peer_id: &PeerId, event: EndpointEvent) {
-    let message = RoomMessage::Endpoint {
+async fn report(reports: &Reports, peer_id: &PeerId, event: EndpointEvent) {
+    let report = EndpointReport {
         peer_id: peer_id.clone(),
         event,
     };
-    let _ = room.send(message).await;
+    // Fails only once the room is gone, and with it the endpoint's reason to report.
+    let _ = reports.send(report).await;
 }
 
 /// A publisher may be asked for a keyframe this often at most; requests in between wait.

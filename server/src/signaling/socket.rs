@@ -8,8 +8,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -17,12 +15,13 @@ use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use futures_util::SinkExt;
 use shared::phoenix::PHOENIX_TOPIC;
 use shared::{ClientEvent, DecodeError, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::limits::{AddressGuard, LimitExceeded, Limits};
-use crate::registry::Registry;
-use crate::room::{RoomHandle, RoomMessage};
+use crate::signaling::outbox::{Delivery, Outbox};
+use crate::signaling::registry::Registry;
+use crate::signaling::room::{RoomHandle, RoomMessage};
 
 /// Phoenix drops a socket after 60 s without a message; clients heartbeat every 30 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,83 +29,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a refused socket's close frame may take to go out.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Where a room sends what is for the peers of one socket. It is bounded in bytes, not messages:
-/// a push that would take the socket past its limit fails, and the room then drops the peer; the
-/// socket learns it ([`Delivery::Removed`]) and closes.
-#[derive(Clone, Debug)]
-pub struct Outbox {
-    deliveries: mpsc::UnboundedSender<Delivery>,
-    state: Arc<OutboxState>,
-}
-
-#[derive(Debug)]
-struct OutboxState {
-    queued_bytes: AtomicUsize,
-    limit: usize,
-    overflowed: AtomicBool,
-}
-
-/// What a room hands a socket.
-#[derive(Debug)]
-pub enum Delivery {
-    /// An encoded media event for `peer`, shared by every peer it is broadcast to.
-    Event { peer: PeerId, data: Arc<str> },
-    /// The room removed `peer` without its asking (a fault, or its socket fell behind): the
-    /// channel is no longer in the room and may join again.
-    Removed { peer: PeerId },
-}
-
-impl Outbox {
-    pub(crate) fn new(limit: usize) -> (Outbox, mpsc::UnboundedReceiver<Delivery>) {
-        let (deliveries, receiver) = mpsc::unbounded_channel();
-        let state = Arc::new(OutboxState {
-            queued_bytes: AtomicUsize::new(0),
-            limit,
-            overflowed: AtomicBool::new(false),
-        });
-        (Outbox { deliveries, state }, receiver)
-    }
-
-    /// Queues the encoded event `data` for `peer` without waiting; false when the socket is gone
-    /// or this would take it past its byte limit, so the room can drop the peer instead.
-    pub fn push(&self, peer: &PeerId, data: &Arc<str>) -> bool {
-        let size = data.len();
-        let state = &self.state;
-        let fits = state
-            .queued_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                (queued + size <= state.limit).then_some(queued + size)
-            })
-            .is_ok();
-        if !fits {
-            state.overflowed.store(true, Ordering::Release);
-            return false;
-        }
-        let event = Delivery::Event {
-            peer: peer.clone(),
-            data: data.clone(),
-        };
-        self.deliveries.send(event).is_ok()
-    }
-
-    /// Tells the socket the room removed `peer`. Never refused: it is one small message per peer.
-    pub fn removed(&self, peer: &PeerId) {
-        let _ = self
-            .deliveries
-            .send(Delivery::Removed { peer: peer.clone() });
-    }
-
-    fn delivered(&self, data: &str) {
-        self.state
-            .queued_bytes
-            .fetch_sub(data.len(), Ordering::AcqRel);
-    }
-
-    fn overflowed(&self) -> bool {
-        self.state.overflowed.load(Ordering::Acquire)
-    }
-}
 
 /// A joined topic: one peer of one room.
 struct Channel {
@@ -628,20 +550,5 @@ mod tests {
         assert!(!bucket.take(start));
         assert!(bucket.take(start + Duration::from_millis(500)));
         assert!(!bucket.take(start + Duration::from_millis(500)));
-    }
-
-    #[test]
-    fn the_outbox_counts_bytes_and_refuses_past_its_limit() {
-        let (outbox, mut deliveries) = Outbox::new(10);
-        let peer = PeerId::new("ann").unwrap();
-        let six: Arc<str> = Arc::from("123456");
-        assert!(outbox.push(&peer, &six));
-        assert!(!outbox.push(&peer, &six), "12 bytes would pass the limit");
-        assert!(outbox.overflowed());
-        let Some(Delivery::Event { data, .. }) = deliveries.try_recv().ok() else {
-            panic!("the first event is queued");
-        };
-        outbox.delivered(&data);
-        assert!(outbox.push(&peer, &six), "written bytes are given back");
     }
 }

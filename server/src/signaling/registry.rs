@@ -11,8 +11,8 @@ use shared::{Metadata, PeerId, RoomId};
 use tokio::sync::oneshot;
 
 use crate::limits::{AddressQuota, Limits, Quota};
-use crate::room::{self, JoinRefused, RoomHandle, RoomMessage, RoomSettings};
-use crate::socket::Outbox;
+use crate::signaling::outbox::Outbox;
+use crate::signaling::room::{self, JoinRefused, RoomHandle, RoomMessage, RoomSettings};
 
 #[derive(Clone)]
 pub struct Registry {
@@ -119,12 +119,14 @@ impl Registry {
             .try_take()
             .ok_or(JoinRefused::TooManyRooms(self.inner.open_rooms.max()))?;
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let registry = self.clone();
+        let id = room_id.clone();
         let room = room::spawn(
             room_id.clone(),
             generation,
             open,
-            self.clone(),
             self.inner.settings.clone(),
+            move || registry.forget(&id, generation),
         );
         rooms.insert(room_id.clone(), room.clone());
         Ok(room)

@@ -25,7 +25,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
 };
 
-use crate::codec::{MediaKind, CODECS};
+use crate::media::codec::{MediaKind, CODECS};
 
 /// What a peer connection reports to its owner.
 pub enum ConnectionEvent {

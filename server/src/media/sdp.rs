@@ -2,7 +2,7 @@
 //! codecs. The peer connection parses the offer in full; the room only needs these to decide
 //! which tracks a peer publishes and to refuse offers it cannot serve, with a clear reason.
 
-use crate::codec::{Codec, MediaKind};
+use crate::media::codec::{Codec, MediaKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
