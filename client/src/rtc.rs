@@ -316,9 +316,9 @@ impl Session {
             }
             ServerEvent::Error(error) => {
                 let reason = format!("the server ended the call: {}", error.message);
-                // A call whose media flowed is worth joining again; one whose media never
-                // came up would only fail the same way.
-                if self.inner.borrow().media_up {
+                // A call whose media flowed is worth joining again, and so is any call of a
+                // server that restarts; one whose media never came up would fail the same way.
+                if self.inner.borrow().media_up || error.is_server_restarting() {
                     return Ok(Next::Reconnect(reason));
                 }
                 self.dispatch(RoomAction::Ended(

@@ -19,17 +19,25 @@ pub mod test_hooks;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 pub use config::Config;
 pub use signaling::registry::Counts;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use crate::media::endpoint::{EndpointHandle, RtcSettings};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::RoomSettings;
 
-/// Serves HTTP and the signaling socket on `listener` until `shutdown` completes.
+/// How long a shutdown may take to tell every peer and close their sockets; the process exits
+/// after it in any case.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+
+/// Serves HTTP and the signaling socket on `listener` until `shutdown` completes; then stops
+/// accepting, tells every peer the server is restarting and closes their sockets (within
+/// [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -47,8 +55,27 @@ pub async fn serve(
         test_hooks: config.test_hooks.clone(),
         start_endpoint: EndpointHandle::spawn,
     });
-    let app = http::router(&config, rooms);
+    let app = http::router(&config, rooms.clone());
     tracing::info!("videoroom listening on http://{address}");
-    listener::serve(listener, app, &config.limits, shutdown).await;
+    let (stop, stopped) = oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(());
+    };
+    let serving = tokio::spawn(listener::serve(
+        listener,
+        app,
+        config.limits.clone(),
+        signal,
+    ));
+    let _ = stopped.await;
+    tracing::info!("shutting down: no new connections; telling every peer");
+    let closing = async {
+        rooms.shut_down().await;
+        let _ = serving.await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, closing).await.is_err() {
+        tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}; leaving them");
+    }
     Ok(())
 }

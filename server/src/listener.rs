@@ -25,7 +25,7 @@ use crate::limits::{AddressGuard, AddressQuota, LimitExceeded, Limits, Quota, Qu
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: &Limits,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let all = Quota::new(limits.max_connections);

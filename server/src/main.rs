@@ -1,4 +1,5 @@
-//! The `videoroom` binary: reads the configuration, sets up logging, serves until Ctrl-C.
+//! The `videoroom` binary: reads the configuration, sets up logging, serves until SIGINT or
+//! SIGTERM, then shuts down gracefully.
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,10 +18,27 @@ async fn main() -> anyhow::Result<()> {
     server::serve(listener, config, shutdown_signal()).await
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM, as a service manager sends it.
 async fn shutdown_signal() {
-    if let Err(err) = tokio::signal::ctrl_c().await {
-        tracing::error!(%err, "cannot listen for Ctrl-C; serving until killed");
-        std::future::pending::<()>().await;
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM"),
+        () = interrupt => tracing::info!("SIGINT"),
     }
-    tracing::info!("shutting down");
 }

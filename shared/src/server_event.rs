@@ -121,6 +121,21 @@ pub struct ErrorMessage {
     pub message: String,
 }
 
+impl ErrorMessage {
+    /// What every peer is told when the server shuts down; our client reconnects on it.
+    pub const SERVER_RESTARTING: &'static str = "the server is restarting";
+
+    pub fn server_restarting() -> ErrorMessage {
+        ErrorMessage {
+            message: Self::SERVER_RESTARTING.to_owned(),
+        }
+    }
+
+    pub fn is_server_restarting(&self) -> bool {
+        self.message == Self::SERVER_RESTARTING
+    }
+}
+
 /// custom `offerData`: how many receiving slots of each kind the client must have, and the
 /// TURN servers for its first peer connection. Both keys are mandatory for the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

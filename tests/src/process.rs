@@ -1,19 +1,20 @@
-//! The server as a process of its own, for the load generator and the attack suite: what they
-//! measure of it (CPU time, resident memory and its peak, open files) is read from `/proc`, and
-//! would be muddled by the test's own work if the server ran inside the test.
+//! The server as a process of its own, for the load generator, the attack suite and the shutdown
+//! test: what they measure of it (CPU time, resident memory and its peak, open files, how it
+//! exits) is read from `/proc` or its exit status, and would be muddled by the test's own work if
+//! the server ran inside the test.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use tokio::process::{Child, Command};
 
 /// A server process on a free loopback port, killed when dropped.
 pub struct ServerProcess {
     pub pid: u32,
     pub port: u16,
-    _child: Child,
+    child: Child,
 }
 
 impl ServerProcess {
@@ -55,11 +56,7 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id().context("the server exited at once")?;
-        let server = ServerProcess {
-            pid,
-            port,
-            _child: child,
-        };
+        let server = ServerProcess { pid, port, child };
         for _ in 0..200 {
             if reqwest::get(server.url("/health"))
                 .await
@@ -70,6 +67,21 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("{} did not answer on /health", binary.display())
+    }
+
+    /// Sends SIGTERM, as a service manager stops a service, and waits up to `within` for the
+    /// process to exit; returns how it exited.
+    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .context("cannot run kill")?;
+        ensure!(sent.success(), "kill -TERM {} failed", self.pid);
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| anyhow!("the server still runs {within:?} after SIGTERM"))?
+            .context("cannot wait for the server")
     }
 
     pub fn url(&self, path: &str) -> String {

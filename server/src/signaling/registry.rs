@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use shared::{Metadata, PeerId, RoomId};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::limits::{AddressQuota, Limits, Quota};
 use crate::signaling::outbox::Outbox;
@@ -27,6 +27,8 @@ struct Inner {
     open_rooms: Arc<Quota>,
     joined_peers: Arc<Quota>,
     sockets_per_address: Arc<AddressQuota>,
+    /// Set when the server shuts down; every socket task holds a receiver until it has closed.
+    shutdown: watch::Sender<bool>,
 }
 
 /// How many rooms and peers the server has now (for `/stats` and tests).
@@ -48,6 +50,7 @@ impl Registry {
                 open_rooms: Quota::new(limits.max_rooms),
                 joined_peers: Quota::new(limits.max_peers_total),
                 sockets_per_address: AddressQuota::new(limits.max_sockets_per_ip),
+                shutdown: watch::Sender::new(false),
                 limits,
                 settings: Arc::new(settings),
             }),
@@ -60,6 +63,18 @@ impl Registry {
 
     pub fn settings(&self) -> &RoomSettings {
         &self.inner.settings
+    }
+
+    /// What a socket task watches to learn that the server shuts down; it holds the receiver
+    /// until it has closed.
+    pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Tells every socket the server shuts down, and waits until they have all closed.
+    pub async fn shut_down(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner.shutdown.closed().await;
     }
 
     /// Signaling sockets per client address.

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream, StreamExt};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, TryFutureExt};
 use shared::phoenix::PHOENIX_TOPIC;
+use shared::server_event::ErrorMessage;
 use shared::{ClientEvent, DecodeError, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent};
 use tokio::sync::broadcast;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -57,6 +58,7 @@ impl Close {
 const CLOSE_IDLE: Close = Close::fixed(1001, "idle timeout");
 const CLOSE_BINARY: Close = Close::fixed(1003, "binary frames are not supported");
 const CLOSE_NOT_UTF8: Close = Close::fixed(1007, "text frames must be valid UTF-8");
+const CLOSE_RESTART: Close = Close::fixed(1001, ErrorMessage::SERVER_RESTARTING);
 
 /// Refuses a socket past the per-address limit: accepted only to be closed with the reason.
 pub async fn refuse(ws: WebSocket, client: SocketAddr, limit: usize) {
@@ -77,6 +79,8 @@ pub async fn refuse(ws: WebSocket, client: SocketAddr, limit: usize) {
 
 pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted: AddressGuard) {
     let (sink, mut stream) = ws.split();
+    // Held until the socket has closed: the server's shutdown waits for that.
+    let mut shutdown = rooms.shutdown_watch();
     let limits = rooms.limits().clone();
     let (outbox, mut deliveries) = Outbox::new(limits.max_outbox_bytes);
     let rate = f64::from(limits.max_events_per_second);
@@ -130,6 +134,10 @@ pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted:
                 }
             }
             () = sleep_until(deadline) => break Some(CLOSE_IDLE),
+            Ok(()) = shutdown.wait_for(|stopping| *stopping).map_ok(drop) => {
+                let _ = socket.say_restarting().await;
+                break Some(CLOSE_RESTART);
+            }
         }
     };
     // Leave the rooms first: the others hear of it at once, not after the close handshake.
@@ -338,6 +346,37 @@ impl Socket {
             },
         );
         self.send(frame.reply_ok()).await
+    }
+
+    /// Tells each joined peer the server is going away: an `error` media event (the client
+    /// shows it and reconnects later), then the channel's `phx_close`.
+    async fn say_restarting(&mut self) -> Result<(), SocketGone> {
+        let error = ServerEvent::Error(ErrorMessage::server_restarting()).encode();
+        let channels: Vec<(String, Option<String>, bool)> = self
+            .channels
+            .iter()
+            .map(|(topic, channel)| {
+                (
+                    topic.clone(),
+                    channel.join_ref.clone(),
+                    channel.room.is_some(),
+                )
+            })
+            .collect();
+        for (topic, join_ref, in_room) in channels {
+            if in_room {
+                self.send(Frame::media_event(
+                    join_ref.clone(),
+                    None,
+                    &topic,
+                    error.clone(),
+                ))
+                .await?;
+            }
+            self.send(Frame::close(&join_ref.unwrap_or_default(), &topic))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn on_leave(&mut self, frame: Frame) -> Result<(), SocketGone> {
