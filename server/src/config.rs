@@ -55,6 +55,16 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_TURN_PASSWORD", default_value = "")]
     pub turn_password: String,
 
+    /// Web origins whose pages may open the signaling socket, e.g. `https://meet.example.org`;
+    /// repeatable or comma-separated. The page's own origin (and, on a loopback address, any
+    /// loopback origin, such as `trunk serve`'s) is always allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "VIDEOROOM_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     #[command(flatten)]
     pub limits: Limits,
 

@@ -2,16 +2,18 @@
 //! Phoenix socket's WebSocket upgrade at `/socket/websocket`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::compression::CompressionLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::origin;
 use crate::signaling::registry::{Counts, Registry};
 use crate::signaling::socket;
 use crate::Config;
@@ -39,8 +41,14 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ));
+    let allowed_origins: Arc<[String]> = config.allowed_origins.clone().into();
     let api = Router::new()
-        .route("/socket/websocket", get(upgrade))
+        .route(
+            "/socket/websocket",
+            get(move |ws, client, headers, rooms| {
+                upgrade(ws, client, headers, rooms, allowed_origins.clone())
+            }),
+        )
         .route("/stats", get(stats))
         .with_state(rooms);
     Router::new()
@@ -51,13 +59,29 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
         .layer(CompressionLayer::new())
 }
 
-/// `GET /socket/websocket?vsn=2.0.0`: the Phoenix V2 socket. A client address with all the
-/// sockets it may have gets its socket closed at once, with the reason.
+/// `GET /socket/websocket?vsn=2.0.0`: the Phoenix V2 socket. A page of a foreign origin gets a
+/// `403` naming it; a client address with all the sockets it may have gets its socket closed at
+/// once, with the reason.
 async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     State(rooms): State<Registry>,
+    allowed_origins: Arc<[String]>,
 ) -> Response {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|value: &HeaderValue| value.to_str().ok())
+    };
+    if let Err(refused) = origin::check(
+        header(header::ORIGIN),
+        header(header::HOST),
+        &allowed_origins,
+    ) {
+        tracing::warn!(%client, %refused, "socket refused");
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
     // Messages over our limit but within twice it still reach the socket, which answers them
     // with a clear error; beyond that the WebSocket layer refuses them and the socket closes.
     let max_frame = rooms.limits().max_frame_bytes;

@@ -1,6 +1,7 @@
 //! videoroom's server. A request's way through it:
 //! - [`listener`]: TCP connections, capped and with a header deadline, served by hyper;
-//! - [`http`]: the client's pages and assets, `/health`, `/stats`, and the socket upgrade;
+//! - [`http`]: the client's pages and assets, `/health`, `/stats`, and the socket upgrade
+//!   (for pages of the origins [`origin`] allows);
 //! - [`signaling`]: one task per WebSocket, Phoenix framing, media events in and out, to one
 //!   task per room that owns its peers, tracks and negotiations;
 //! - [`media`]: one endpoint per peer, its WebRTC peer connection; incoming RTP goes straight
@@ -14,6 +15,7 @@ mod http;
 pub mod limits;
 mod listener;
 pub mod media;
+mod origin;
 pub mod signaling;
 pub mod test_hooks;
 

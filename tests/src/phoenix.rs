@@ -15,8 +15,9 @@ use shared::server_event::PeerAccepted;
 use shared::{ClientEvent, Frame, Metadata, PhoenixEvent, ServerEvent};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{http, Message};
 use tokio_tungstenite::{client_async, connect_async, MaybeTlsStream, WebSocketStream};
 
 /// How long a wait for a frame lasts. The server answers on loopback within milliseconds, so
@@ -48,6 +49,19 @@ impl PhoenixClient {
         let (ws, _response) = connect_async(url)
             .await
             .with_context(|| format!("cannot open a WebSocket to {url}"))?;
+        Ok(PhoenixClient::over(ws))
+    }
+
+    /// Opens a socket at `url` as a page of `origin` would (its `Origin` header); the error
+    /// carries the server's refusal, e.g. `HTTP error: 403 Forbidden`.
+    pub async fn connect_as_page_of(url: &str, origin: &str) -> anyhow::Result<PhoenixClient> {
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert(http::header::ORIGIN, http::HeaderValue::from_str(origin)?);
+        let (ws, _response) = connect_async(request)
+            .await
+            .with_context(|| format!("cannot open a WebSocket to {url} as a page of {origin}"))?;
         Ok(PhoenixClient::over(ws))
     }
 

@@ -565,3 +565,30 @@ async fn frames_of_an_earlier_join_do_not_touch_the_current_one() -> anyhow::Res
     assert!(accepted.peers_in_room.is_empty(), "{accepted:?}");
     Ok(())
 }
+
+/// A page may open the socket from the server's own origin (or one listed with
+/// `--allowed-origin`); another site's page, or a sandboxed one (`null`), gets a 403.
+#[tokio::test]
+async fn only_pages_of_allowed_origins_open_the_socket() -> anyhow::Result<()> {
+    let mut config = server::Config::defaults();
+    config.allowed_origins = vec!["https://app.example.com".to_owned()];
+    let server = TestServer::start_with(config).await?;
+    let url = server.socket_url();
+    let own = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .map(|authority| format!("http://{authority}"))
+        .expect("a ws:// URL");
+    for origin in [own.as_str(), "https://app.example.com"] {
+        let mut client = PhoenixClient::connect_as_page_of(&url, origin).await?;
+        client.heartbeat().await?;
+    }
+    for origin in ["https://evil.example", "null"] {
+        let Err(refused) = PhoenixClient::connect_as_page_of(&url, origin).await else {
+            bail!("a page of {origin} opened the socket");
+        };
+        let refused = format!("{refused:#}");
+        assert!(refused.contains("403"), "{origin}: {refused}");
+    }
+    Ok(())
+}
