@@ -2,11 +2,12 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
-use shared::server_event::{TurnServer, TurnTransport};
+use shared::server_event::TurnTransport;
 
-use crate::limits::Limits;
+use crate::limits::{parse_seconds, Limits};
 use crate::test_hooks::TestHooks;
 
 #[derive(Debug, Clone, Parser)]
@@ -45,13 +46,25 @@ pub struct Config {
     pub media_ports: Option<(u16, u16)>,
 
     /// TURN servers handed to clients, as `HOST:PORT[?transport=udp|tcp|tls]`; repeatable or
-    /// comma-separated. They share --turn-username and --turn-password.
+    /// comma-separated. They share one way of giving credentials: --turn-secret, or
+    /// --turn-username and --turn-password.
     #[arg(long = "turn", env = "VIDEOROOM_TURN", value_delimiter = ',', value_parser = parse_turn)]
     pub turn: Vec<(String, u16, TurnTransport)>,
 
+    /// The TURN servers' shared secret (coturn's `static-auth-secret`): each peer then gets
+    /// credentials of its own that expire, instead of a password shared by every client.
+    #[arg(long, env = "VIDEOROOM_TURN_SECRET", conflicts_with_all = ["turn_username", "turn_password"])]
+    pub turn_secret: Option<String>,
+
+    /// How long a peer's TURN credentials from --turn-secret stay valid, in seconds.
+    #[arg(long, env = "VIDEOROOM_TURN_CREDENTIAL_TTL", default_value = "43200", value_parser = parse_seconds)]
+    pub turn_credential_ttl: Duration,
+
+    /// A username every client gets for the TURN servers (prefer --turn-secret).
     #[arg(long, env = "VIDEOROOM_TURN_USERNAME", default_value = "")]
     pub turn_username: String,
 
+    /// A password every client gets for the TURN servers (prefer --turn-secret).
     #[arg(long, env = "VIDEOROOM_TURN_PASSWORD", default_value = "")]
     pub turn_password: String,
 
@@ -77,19 +90,6 @@ impl Config {
     /// The defaults, as if no flag and no variable were given.
     pub fn defaults() -> Config {
         Config::parse_from(["videoroom"])
-    }
-
-    pub fn turn_servers(&self) -> Vec<TurnServer> {
-        self.turn
-            .iter()
-            .map(|(host, port, transport)| TurnServer {
-                server_addr: host.clone(),
-                server_port: *port,
-                transport: *transport,
-                username: self.turn_username.clone(),
-                password: self.turn_password.clone(),
-            })
-            .collect()
     }
 }
 
@@ -138,7 +138,7 @@ mod tests {
     fn defaults_serve_localhost() {
         let config = Config::defaults();
         assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 4000));
-        assert!(config.turn_servers().is_empty());
+        assert!(config.turn.is_empty());
         assert_eq!(config.media_ports, None);
     }
 
@@ -154,10 +154,19 @@ mod tests {
             "u",
         ]);
         assert_eq!(config.media_ports, Some((50000, 50010)));
-        let turn = config.turn_servers();
-        assert_eq!(turn.len(), 2);
-        assert_eq!(turn[1].url(), "turns:turn.example.org:5349?transport=tcp");
-        assert_eq!(turn[0].username, "u");
+        assert_eq!(config.turn.len(), 2);
+        assert_eq!(
+            config.turn[1],
+            ("turn.example.org".to_owned(), 5349, TurnTransport::Tls)
+        );
+        assert_eq!(config.turn_username, "u");
+    }
+
+    #[test]
+    fn a_turn_secret_excludes_a_shared_password() {
+        let both =
+            Config::try_parse_from(["videoroom", "--turn-secret", "s", "--turn-password", "p"]);
+        assert!(both.is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod media;
 mod origin;
 pub mod signaling;
 pub mod test_hooks;
+mod turn;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use tokio::sync::oneshot;
 use crate::media::endpoint::{EndpointHandle, RtcSettings};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::RoomSettings;
+use crate::turn::TurnServers;
 
 /// How long a shutdown may take to tell every peer and close their sockets; the process exits
 /// after it in any case.
@@ -55,6 +57,7 @@ pub async fn serve(
         limits: Arc::new(config.limits.clone()),
         rtc: Arc::new(RtcSettings::from_config(&config)),
         test_hooks: config.test_hooks.clone(),
+        turn: TurnServers::from_config(&config),
         start_endpoint: EndpointHandle::spawn,
     });
     let app = http::router(&config, rooms.clone());

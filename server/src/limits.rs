@@ -101,7 +101,7 @@ pub struct Limits {
 }
 
 /// A duration given in seconds, fractions allowed.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|err| format!("`{text}` is not a number of seconds: {err}"))?;

@@ -592,3 +592,49 @@ async fn only_pages_of_allowed_origins_open_the_socket() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// With `--turn-secret`, each peer's `offerData` carries TURN credentials of its own: a username
+/// naming when they expire and whose they are, and a password that differs per peer.
+#[tokio::test]
+async fn each_peer_gets_its_own_expiring_turn_credentials() -> anyhow::Result<()> {
+    let mut config = server::Config::defaults();
+    config.turn = vec![(
+        "turn.example.org".to_owned(),
+        3478,
+        shared::server_event::TurnTransport::Udp,
+    )];
+    config.turn_secret = Some("north-wind".to_owned());
+    config.turn_credential_ttl = Duration::from_secs(600);
+    let server = TestServer::start_with(config).await?;
+    let mut credentials = Vec::new();
+    for name in ["Ann", "Bob"] {
+        let mut client = PhoenixClient::connect(&server.socket_url()).await?;
+        let channel = client.join("room:turn").await?;
+        let accepted = client.join_room(&channel, metadata_of(name)).await?;
+        client
+            .push(&channel, &ClientEvent::RenegotiateTracks)
+            .await?;
+        let (_, ServerEvent::OfferData(offer_data)) = client.wait_for("offerData").await? else {
+            bail!("no offerData for {name}");
+        };
+        let [turn] = offer_data.integrated_turn_servers.as_slice() else {
+            bail!("{name} got {:?}", offer_data.integrated_turn_servers);
+        };
+        let (expiry, owner) = turn
+            .username
+            .split_once(':')
+            .expect("an EXPIRY:PEER_ID username");
+        let expiry: u64 = expiry.parse()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        assert!(
+            (now + 590..=now + 610).contains(&expiry),
+            "{name}: {expiry} vs {now}"
+        );
+        assert_eq!(owner, accepted.id.to_string());
+        credentials.push(turn.password.clone());
+    }
+    assert_ne!(credentials[0], credentials[1]);
+    Ok(())
+}

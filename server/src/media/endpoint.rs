@@ -20,7 +20,6 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
 };
-use shared::server_event::TurnServer;
 use shared::{PeerId, TrackId};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -50,7 +49,6 @@ pub struct RtcSettings {
     pub media_ip: IpAddr,
     pub announce_ip: Option<IpAddr>,
     pub ports: Option<PortRange>,
-    pub turn_servers: Vec<TurnServer>,
     /// Peer connections open now, across all rooms (at most one a peer).
     pub peer_connections: Arc<Quota>,
     /// How long a connection may take to come up after an answer.
@@ -67,7 +65,6 @@ impl RtcSettings {
                 last,
                 next: AtomicU16::new(first),
             }),
-            turn_servers: config.turn_servers(),
             peer_connections: Quota::new(config.limits.max_peers_total),
             ice_timeout: config.limits.ice_timeout,
         }

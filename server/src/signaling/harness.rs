@@ -15,6 +15,7 @@ use crate::media::endpoint::{EndpointEvent, EndpointHandle, EndpointReport, RtcS
 use crate::signaling::outbox::{Delivery, Outbox};
 use crate::signaling::room::{JoinRefused, Room, RoomMessage, RoomSettings};
 use crate::test_hooks::TestHooks;
+use crate::turn::TurnServers;
 use crate::Config;
 
 /// One room and the peers that talk to it.
@@ -49,6 +50,7 @@ impl RoomHarness {
             limits: limits.clone(),
             rtc: Arc::new(RtcSettings::from_config(config)),
             test_hooks: hooks.then(TestHooks::default),
+            turn: TurnServers::from_config(config),
             start_endpoint: EndpointHandle::unattended,
         };
         let id = RoomId::new("harness").expect("a valid room name");

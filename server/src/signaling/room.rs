@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use shared::client_event::{SdpOffer, UpdateTrackMetadata};
 use shared::server_event::{
@@ -32,6 +33,7 @@ use crate::media::forward::Fanout;
 use crate::media::sdp::{self, Direction};
 use crate::signaling::outbox::Outbox;
 use crate::test_hooks::{PanicSite, TestHooks};
+use crate::turn::TurnServers;
 
 /// Messages a room task receives.
 pub enum RoomMessage {
@@ -67,6 +69,8 @@ pub struct RoomSettings {
     pub limits: Arc<Limits>,
     pub rtc: Arc<RtcSettings>,
     pub test_hooks: Option<TestHooks>,
+    /// The TURN servers and credentials each peer is handed.
+    pub turn: TurnServers,
     /// How a peer's endpoint is started: [`EndpointHandle::spawn`], or
     /// [`EndpointHandle::unattended`] when the room is driven without sockets.
     pub start_endpoint: StartEndpoint,
@@ -505,7 +509,7 @@ impl Room {
         };
         let offer_data = ServerEvent::OfferData(OfferData {
             tracks_types,
-            integrated_turn_servers: self.settings.rtc.turn_servers.clone(),
+            integrated_turn_servers: self.settings.turn.for_peer(peer_id, SystemTime::now()),
         });
         self.push(peer_id, &offer_data);
     }
