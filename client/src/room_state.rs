@@ -39,6 +39,9 @@ pub struct RemotePeer {
     pub arrival: u64,
     pub metadata: Metadata,
     pub tracks: BTreeMap<TrackId, Metadata>,
+    /// What each track's media turned out to be, for tracks whose metadata names no `type`
+    /// (a Membrane client sends `{}`): audio by kind, video as a camera.
+    pub kinds: BTreeMap<TrackId, TrackType>,
     /// The peer's audio and video, in one stream (the server puts them in one msid).
     pub stream: Option<MediaStream>,
 }
@@ -48,10 +51,16 @@ impl RemotePeer {
         display_name(&self.metadata).unwrap_or("Guest").to_owned()
     }
 
+    /// The first track of one of `kinds`: its metadata's `type`, or else what its media is.
     fn track_of(&self, kinds: &[TrackType]) -> Option<&Metadata> {
         self.tracks
-            .values()
-            .find(|metadata| track_type(metadata).is_some_and(|kind| kinds.contains(&kind)))
+            .iter()
+            .find(|(id, metadata)| {
+                track_type(metadata)
+                    .or_else(|| self.kinds.get(*id).copied())
+                    .is_some_and(|kind| kinds.contains(&kind))
+            })
+            .map(|(_, metadata)| metadata)
     }
 
     /// Muted: its microphone track is off, or it has none.
@@ -99,6 +108,9 @@ pub enum RoomAction {
     TracksAdded(PeerId, BTreeMap<TrackId, Metadata>),
     TracksRemoved(PeerId, Vec<TrackId>),
     TrackUpdated(PeerId, TrackId, Metadata),
+    /// Media of a peer's track arrived, and this is what it is.
+    TrackKind(PeerId, TrackId, TrackType),
+    /// The stream a peer's media arrives in.
     Stream(PeerId, MediaStream),
     Mic(bool),
     Camera(bool),
@@ -148,7 +160,7 @@ impl Reducible for RoomState {
                         arrival,
                         metadata,
                         tracks,
-                        stream: None,
+                        ..RemotePeer::default()
                     };
                     state.peers.insert(id, peer);
                 }
@@ -185,6 +197,8 @@ impl Reducible for RoomState {
                 if let Some(peer) = state.peers.get_mut(&id) {
                     peer.tracks
                         .retain(|track_id, _| !track_ids.contains(track_id));
+                    peer.kinds
+                        .retain(|track_id, _| !track_ids.contains(track_id));
                 }
             }
             RoomAction::TrackUpdated(id, track_id, metadata) => {
@@ -194,6 +208,11 @@ impl Reducible for RoomState {
                     .and_then(|peer| peer.tracks.get_mut(&track_id))
                 {
                     *track = metadata;
+                }
+            }
+            RoomAction::TrackKind(id, track_id, kind) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.kinds.insert(track_id, kind);
                 }
             }
             RoomAction::Stream(id, stream) => {
@@ -238,6 +257,38 @@ mod tests {
 
     fn reduce(state: Rc<RoomState>, action: RoomAction) -> Rc<RoomState> {
         state.reduce(action)
+    }
+
+    #[test]
+    fn tracks_without_a_type_count_as_on_once_their_media_shows_what_they_are() {
+        let (me, ann) = (peer(1), peer(2));
+        let (mic, camera) = (track(&ann, 1), track(&ann, 2));
+        let mut state = reduce(
+            Rc::new(RoomState::default()),
+            RoomAction::Joined {
+                me,
+                peers: vec![(ann.clone(), json!({"displayName": "Ann"}), BTreeMap::new())],
+            },
+        );
+        // A Membrane client's tracks: `{}` metadata.
+        let tracks = BTreeMap::from([(mic.clone(), json!({})), (camera.clone(), json!({}))]);
+        state = reduce(state, RoomAction::TracksAdded(ann.clone(), tracks));
+        state = reduce(
+            state,
+            RoomAction::TrackKind(ann.clone(), mic, TrackType::Audio),
+        );
+        assert!(!state.peers[&ann].mic_muted() && state.peers[&ann].camera_off());
+        state = reduce(
+            state,
+            RoomAction::TrackKind(ann.clone(), camera.clone(), TrackType::Camera),
+        );
+        assert!(!state.peers[&ann].camera_off());
+        // Its metadata still rules once it says something.
+        state = reduce(
+            state,
+            RoomAction::TrackUpdated(ann.clone(), camera, json!({"active": false})),
+        );
+        assert!(state.peers[&ann].camera_off());
     }
 
     #[test]

@@ -497,6 +497,12 @@ impl Session {
             ) else {
                 return;
             };
+            let kind = if event.track().kind() == "audio" {
+                TrackType::Audio
+            } else {
+                TrackType::Camera
+            };
+            session.dispatch(RoomAction::TrackKind(owner.clone(), track_id, kind));
             session.dispatch(RoomAction::Stream(owner, stream));
         });
         pc.set_ontrack(Some(on_track.as_ref().unchecked_ref()));

@@ -54,6 +54,8 @@ pub struct PeerOptions {
     pub video_packet_size: usize,
     /// Video packets per frame.
     pub video_packets_per_frame: usize,
+    /// Track metadata `{}`, as the Membrane JS client sends it, instead of `type` and `active`.
+    pub untyped_tracks: bool,
 }
 
 impl PeerOptions {
@@ -66,6 +68,7 @@ impl PeerOptions {
             video_fps: 30,
             video_packet_size: 1000,
             video_packets_per_frame: 1,
+            untyped_tracks: false,
         }
     }
 
@@ -450,6 +453,7 @@ impl Client {
                 mid_to_track_id.insert(mid, local.id.clone());
             }
         }
+        let untyped = self.options.untyped_tracks;
         let track_id_to_track_metadata = self
             .local
             .iter()
@@ -458,7 +462,12 @@ impl Client {
                     RtpCodecKind::Audio => TrackType::Audio,
                     _ => TrackType::Camera,
                 };
-                (local.id.clone(), track_metadata(track_type, true))
+                let metadata = if untyped {
+                    serde_json::json!({})
+                } else {
+                    track_metadata(track_type, true)
+                };
+                (local.id.clone(), metadata)
             })
             .collect();
         let offer = SdpOffer {

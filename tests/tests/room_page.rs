@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use e2e::synthetic::{PeerOptions, SyntheticPeer};
 use e2e::{Browser, LaunchOptions, TestServer};
 use serde_json::{json, Value};
 
@@ -313,6 +314,41 @@ async fn muting_and_camera_off_show_on_the_other_side() -> anyhow::Result<()> {
     }
     .await;
     finish(outcome, vec![("mute-ann", ann), ("mute-bob", bob)]).await
+}
+
+/// A Membrane JS client publishes its tracks with `{}` metadata: our page counts them as on (audio
+/// by kind, video as a camera), so its tile shows neither a muted nor a camera-off mark.
+#[tokio::test]
+async fn tracks_with_empty_metadata_show_as_on() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let options = PeerOptions {
+        untyped_tracks: true,
+        ..PeerOptions::publishing("Membrane")
+    };
+    let membrane = SyntheticPeer::join(&server.socket_url(), "untyped", options).await?;
+    let ann = Browser::launch().await?;
+    let outcome = async {
+        join_from_home(&ann, &server, "untyped", "Ann").await?;
+        let tile = remote_tile_css("Membrane");
+        ann.wait_for_presence(&tile, true, JOIN_TIMEOUT)
+            .await
+            .context("no tile for the Membrane peer")?;
+        // The peer's media reached the page: its tracks are known by kind now.
+        let received = "[...document.querySelectorAll('.tile:not(.local) video')].some(v => v.srcObject && v.srcObject.getTracks().length === 2)";
+        ann.wait_for("the Membrane peer's stream on the page", received, JOIN_TIMEOUT)
+            .await?;
+        for mark in [".muted-indicator", ".camera-off-indicator"] {
+            let css = format!("{tile} {mark}");
+            ann.wait_for_presence(&css, false, INDICATOR_TIMEOUT)
+                .await
+                .with_context(|| format!("the Membrane peer's tile shows `{mark}`"))?;
+        }
+        Ok(())
+    }
+    .await;
+    membrane.leave().await;
+    finish(outcome, vec![("untyped-ann", ann)]).await
 }
 
 /// Ann's browser refuses the camera and microphone: the room page says so in an alert, still
