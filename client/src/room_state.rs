@@ -89,6 +89,8 @@ pub struct RoomState {
     arrivals: u64,
     /// Messages for the person, newest last.
     pub problems: Vec<String>,
+    /// The media connection did not come up in time after an answer (and has not since).
+    pub media_stalled: bool,
 }
 
 pub enum RoomAction {
@@ -115,6 +117,8 @@ pub enum RoomAction {
     Mic(bool),
     Camera(bool),
     Problem(String),
+    /// The media connection came up (`true`), or has not come up in time (`false`).
+    MediaUp(bool),
     /// The connection was lost and is being made again: the others are gone until the room is
     /// joined anew (with a new id).
     Reconnecting,
@@ -223,11 +227,13 @@ impl Reducible for RoomState {
             RoomAction::Mic(on) => state.mic_on = on,
             RoomAction::Camera(on) => state.camera_on = on,
             RoomAction::Problem(problem) => state.problems.push(problem),
+            RoomAction::MediaUp(up) => state.media_stalled = !up,
             RoomAction::Reconnecting => {
                 if !matches!(state.status, Status::Disconnected | Status::Failed) {
                     state.status = Status::Reconnecting;
                     state.me = None;
                     state.peers.clear();
+                    state.media_stalled = false;
                 }
             }
             RoomAction::Ended(status, reason) => {
@@ -257,6 +263,16 @@ mod tests {
 
     fn reduce(state: Rc<RoomState>, action: RoomAction) -> Rc<RoomState> {
         state.reduce(action)
+    }
+
+    #[test]
+    fn a_stalled_media_connection_shows_until_it_comes_up() {
+        let mut state = Rc::new(RoomState::default());
+        assert!(!state.media_stalled);
+        state = reduce(state, RoomAction::MediaUp(false));
+        assert!(state.media_stalled);
+        state = reduce(state, RoomAction::MediaUp(true));
+        assert!(!state.media_stalled);
     }
 
     #[test]

@@ -26,9 +26,10 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
     MediaStream, MediaStreamTrack, RtcConfiguration, RtcIceCandidateInit, RtcIceConnectionState,
-    RtcIceServer, RtcOfferOptions, RtcPeerConnection, RtcPeerConnectionIceEvent,
-    RtcPeerConnectionState, RtcRtpTransceiver, RtcRtpTransceiverDirection, RtcRtpTransceiverInit,
-    RtcSdpType, RtcSessionDescriptionInit, RtcTrackEvent,
+    RtcIceServer, RtcIceTransportPolicy, RtcOfferOptions, RtcPeerConnection,
+    RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcRtpTransceiver,
+    RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType, RtcSessionDescriptionInit,
+    RtcTrackEvent,
 };
 use yew::Callback;
 
@@ -58,6 +59,10 @@ enum Next {
     /// The connection was lost (the reason says how): join the room again.
     Reconnect(String),
 }
+
+/// How long after an answer the media connection may take to come up before the page says it
+/// has not.
+const MEDIA_DEADLINE_MS: u32 = 5_000;
 
 /// A signaling event, with the number of the connection it came on.
 type Tagged = (u32, SignalingEvent);
@@ -454,6 +459,9 @@ impl Session {
             }
             config.set_ice_servers(&servers);
         }
+        if relay_only() {
+            config.set_ice_transport_policy(RtcIceTransportPolicy::Relay);
+        }
         let pc = RtcPeerConnection::new_with_configuration(&config)?;
         let mut inner = self.inner.borrow_mut();
         if let Some(stream) = &inner.local_stream {
@@ -511,7 +519,10 @@ impl Session {
         let watched = pc.clone();
         let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
             match watched.connection_state() {
-                RtcPeerConnectionState::Connected => session.inner.borrow_mut().media_up = true,
+                RtcPeerConnectionState::Connected => {
+                    session.inner.borrow_mut().media_up = true;
+                    session.dispatch(RoomAction::MediaUp(true));
+                }
                 // The media path broke but signaling still works: ask for a negotiation, whose
                 // offer restarts ICE (see `offer`).
                 RtcPeerConnectionState::Failed => {
@@ -543,7 +554,20 @@ impl Session {
         for candidate in &early {
             add_candidate(&pc, candidate).await;
         }
+        spawn_local(self.clone().watch_media(pc));
         Ok(())
+    }
+
+    /// Says so when the media connection `pc` has not come up a while after an answer, rather
+    /// than "Connected" over black tiles (UDP blocked, or the server announces an address this
+    /// browser cannot reach). It clears once the connection comes up.
+    async fn watch_media(self, pc: RtcPeerConnection) {
+        TimeoutFuture::new(MEDIA_DEADLINE_MS).await;
+        let current = self.inner.borrow().pc.as_ref() == Some(&pc);
+        if current && pc.connection_state() != RtcPeerConnectionState::Connected {
+            gloo::console::warn!("the media connection has not come up");
+            self.dispatch(RoomAction::MediaUp(false));
+        }
     }
 
     /// Turns the microphone (`TrackType::Audio`) or camera on or off, and tells the others.
@@ -611,6 +635,18 @@ fn stop_tracks(stream: Option<&MediaStream>) {
     for track in tracks_of(stream, None) {
         track.stop();
     }
+}
+
+/// Whether the page may only use relayed (TURN) candidates, as behind a network that lets
+/// nothing else through: set by `localStorage["videoroom.iceTransportPolicy"] = "relay"`, for
+/// tests and for checking a TURN setup by hand.
+fn relay_only() -> bool {
+    use gloo::storage::Storage;
+    gloo::storage::LocalStorage::raw()
+        .get_item("videoroom.iceTransportPolicy")
+        .ok()
+        .flatten()
+        .is_some_and(|policy| policy == "relay")
 }
 
 /// The stream's microphone (`Audio`) or camera (any other type) tracks, or all of them.

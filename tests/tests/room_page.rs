@@ -351,6 +351,47 @@ async fn tracks_with_empty_metadata_show_as_on() -> anyhow::Result<()> {
     finish(outcome, vec![("untyped-ann", ann)]).await
 }
 
+/// Ann's page may only use relayed candidates (as behind a network that lets nothing else
+/// through), and the server hands out no TURN server: her media connection never comes up.
+/// Within a few seconds the page says so, instead of "Connected" over black tiles.
+#[tokio::test]
+async fn a_media_connection_that_never_comes_up_is_reported() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let ann = Browser::launch().await?;
+    let outcome = async {
+        fill_home_form(&ann, &server, "relay-only", "Ann").await?;
+        ann.eval(
+            "localStorage.setItem('videoroom.iceTransportPolicy', 'relay');",
+            vec![],
+        )
+        .await?;
+        click_join(&ann).await?;
+        wait_for_status(&ann, "joined", JOIN_TIMEOUT).await?;
+        let joined = Instant::now();
+        ann.wait_for_presence(".media-stalled", true, JOIN_TIMEOUT)
+            .await
+            .context("the page never said the media connection is not coming up")?;
+        println!(
+            "media stalled → shown {} ms after joining",
+            joined.elapsed().as_millis()
+        );
+        let status = ann
+            .eval(
+                "return document.querySelector('.status').textContent;",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            status == json!("Connected, no media"),
+            "the status says {status}"
+        );
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("relay-only-ann", ann)]).await
+}
+
 /// Ann's browser refuses the camera and microphone: the room page says so in an alert, still
 /// joins, and Ann sees Bob (receive-only) while Bob sees her listed.
 #[tokio::test]

@@ -153,6 +153,7 @@ fn call(props: &CallProps) -> Html {
         .unwrap_or_default();
     let status_text = match state.status {
         Status::Connecting => "Connecting…",
+        Status::Joined if state.media_stalled => "Connected, no media",
         Status::Joined => "Connected",
         Status::Reconnecting => "Reconnecting…",
         Status::Disconnected => "Disconnected",
@@ -165,6 +166,11 @@ fn call(props: &CallProps) -> Html {
                 <span class={classes!("status", state.status.as_str())}>{ status_text }</span>
             </header>
             { for state.problems.iter().map(|problem| html! { <p class="error-banner" role="alert">{ problem }</p> }) }
+            if state.media_stalled && state.status == Status::Joined {
+                <p class="error-banner media-stalled" role="alert">
+                    { "Audio and video cannot get through: the media connection has not come up. A firewall or network may block UDP to the server, or the server announces an address this browser cannot reach (its --media-ip / --announce-ip)." }
+                </p>
+            }
             <section class="tiles" data-count={(state.peers.len() + 1).to_string()}>
                 <Tile key="local" peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
                     local=true mic_muted={!state.mic_on} camera_off={!state.camera_on} />
