@@ -78,6 +78,10 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// When set, `/stats` and `/metrics` answer only requests with `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "VIDEOROOM_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+
     #[command(flatten)]
     pub limits: Limits,
 

@@ -1,11 +1,13 @@
-//! HTTP routes: the single-page client (its pages and its assets), `/health`, `/stats`, and the
+//! HTTP routes: the single-page client (its pages and its assets), `/health`, `/stats`,
+//! `/metrics`, and the
 //! Phoenix socket's WebSocket upgrade at `/socket/websocket`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -16,6 +18,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::origin;
 use crate::signaling::registry::{Counts, Registry};
 use crate::signaling::socket;
+use crate::telemetry;
 use crate::Config;
 
 pub fn router(config: &Config, rooms: Registry) -> Router {
@@ -42,6 +45,11 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ));
     let allowed_origins: Arc<[String]> = config.allowed_origins.clone().into();
+    let token: Option<Arc<str>> = config.metrics_token.as_deref().map(Arc::from);
+    let bearer = middleware::from_fn(move |request: Request, next: Next| {
+        let token = token.clone();
+        async move { require_bearer(token.as_deref(), request, next).await }
+    });
     let api = Router::new()
         .route(
             "/socket/websocket",
@@ -49,7 +57,8 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
                 upgrade(ws, client, headers, rooms, allowed_origins.clone())
             }),
         )
-        .route("/stats", get(stats))
+        .route("/stats", get(stats).layer(bearer.clone()))
+        .route("/metrics", get(metrics).layer(bearer))
         .with_state(rooms);
     Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -97,4 +106,48 @@ async fn upgrade(
 
 async fn stats(State(rooms): State<Registry>) -> Json<Counts> {
     Json(rooms.counts())
+}
+
+/// Lets a request through if no token is configured, or if it carries `Bearer TOKEN`.
+async fn require_bearer(token: Option<&str>, request: Request, next: Next) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented.is_some_and(|presented| same_secret(presented, token)) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this needs `Authorization: Bearer TOKEN` with the server's --metrics-token\n",
+    )
+        .into_response()
+}
+
+/// Compares in time that depends on the lengths only, not on where the first difference is.
+fn same_secret(presented: &str, token: &str) -> bool {
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(rooms): State<Registry>) -> Response {
+    let text = telemetry::render(rooms.counts());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

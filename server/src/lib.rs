@@ -17,6 +17,7 @@ mod listener;
 pub mod media;
 mod origin;
 pub mod signaling;
+pub mod telemetry;
 pub mod test_hooks;
 mod turn;
 
@@ -53,6 +54,8 @@ pub async fn serve(
         .map_err(anyhow::Error::msg)
         .context("the limits do not fit together")?;
     let address = listener.local_addr().context("listener has no address")?;
+    // Before anything is counted.
+    telemetry::prometheus();
     let rooms = Registry::new(RoomSettings {
         limits: Arc::new(config.limits.clone()),
         rtc: Arc::new(RtcSettings::from_config(&config)),

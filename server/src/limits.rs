@@ -14,6 +14,8 @@ use std::time::Duration;
 use shared::Metadata;
 use thiserror::Error;
 
+use crate::telemetry;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Largest WebSocket message a client may send, SDP offers included; up to twice this gets
@@ -181,7 +183,9 @@ pub struct LimitExceeded {
 }
 
 impl LimitExceeded {
+    /// A refusal: counted by its flag for `/metrics` as it is made.
     pub fn new(what: String, limit: usize, unit: &'static str, flag: &'static str) -> Self {
+        metrics::counter!(telemetry::LIMIT_REFUSALS, "limit" => flag).increment(1);
         LimitExceeded {
             what,
             limit,

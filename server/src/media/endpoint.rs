@@ -38,6 +38,7 @@ use crate::media::codec::{Codec, MediaKind};
 use crate::media::forward::{DownTrack, Fanout};
 use crate::media::sdp;
 use crate::media::webrtc_setup::{self, ConnectionEvent, EventsToChannel};
+use crate::telemetry;
 use crate::Config;
 
 /// Commands waiting for an endpoint: a negotiation and the candidates of one offer fit many
@@ -684,8 +685,9 @@ async fn read_published_track(
                 request_due = None;
                 last_request = Some(Instant::now());
                 let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: init.ssrc };
-                if let Err(err) = track.write_rtcp(vec![Box::new(pli)]).await {
-                    tracing::debug!(%err, "keyframe request not sent");
+                match track.write_rtcp(vec![Box::new(pli)]).await {
+                    Ok(()) => metrics::counter!(telemetry::KEYFRAME_REQUESTS).increment(1),
+                    Err(err) => tracing::debug!(%err, "keyframe request not sent"),
                 }
             }
         }

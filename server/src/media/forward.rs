@@ -17,6 +17,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::media::codec::{Codec, MediaKind};
 use crate::media::rewrite::Rewrite;
+use crate::telemetry;
 
 /// A publisher's header made fit for a subscriber's leg: its SSRC, payload type, sequence
 /// number and timestamp there, and no header extensions (their ids are negotiated per leg).
@@ -135,6 +136,9 @@ pub struct Fanout {
     codec: OnceLock<Codec>,
     down_tracks: ArcSwap<Vec<Arc<DownTrack>>>,
     keyframe_wanted: Notify,
+    /// `/metrics` handles, made once so counting a packet is an atomic add.
+    forwarded_packets: metrics::Counter,
+    forwarded_bytes: metrics::Counter,
 }
 
 impl Fanout {
@@ -145,6 +149,8 @@ impl Fanout {
             codec: OnceLock::new(),
             down_tracks: ArcSwap::default(),
             keyframe_wanted: Notify::new(),
+            forwarded_packets: metrics::counter!(telemetry::FORWARDED_PACKETS),
+            forwarded_bytes: metrics::counter!(telemetry::FORWARDED_BYTES),
         })
     }
 
@@ -213,7 +219,10 @@ impl Fanout {
                 payload: packet.payload.clone(),
             };
             // Fails only once the subscriber's connection is closing; it is detached then.
-            let _ = down_track.track.write_rtp(copy).await;
+            if down_track.track.write_rtp(copy).await.is_ok() {
+                self.forwarded_packets.increment(1);
+                self.forwarded_bytes.increment(packet.payload.len() as u64);
+            }
         }
     }
 }

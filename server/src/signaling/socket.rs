@@ -23,6 +23,7 @@ use crate::limits::{AddressGuard, LimitExceeded, Limits};
 use crate::signaling::outbox::{Delivery, Outbox};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::{RoomHandle, RoomMessage};
+use crate::telemetry;
 
 /// Phoenix drops a socket after 60 s without a message; clients heartbeat every 30 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,6 +99,7 @@ pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted:
         limits,
     };
     tracing::debug!(%client, "socket opened");
+    metrics::counter!(telemetry::SOCKETS_OPENED).increment(1);
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
     let close = loop {
         tokio::select! {
@@ -407,6 +409,7 @@ impl Socket {
         };
         match (event, &channel.room) {
             (ClientEvent::Join(join), None) => {
+                let asked = std::time::Instant::now();
                 let joined = self
                     .rooms
                     .join(
@@ -417,7 +420,11 @@ impl Socket {
                     )
                     .await;
                 match joined {
-                    Ok(room) => channel.room = Some(room),
+                    Ok(room) => {
+                        metrics::histogram!(telemetry::JOIN_SECONDS)
+                            .record(asked.elapsed().as_secs_f64());
+                        channel.room = Some(room);
+                    }
                     Err(refused) => {
                         tracing::info!(room = %channel.room_id, %refused, "join refused");
                         let reason = ("reason".to_owned(), refused.to_string().into());

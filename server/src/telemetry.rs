@@ -1,0 +1,62 @@
+//! Prometheus metrics, served as text at `/metrics`: what is open now (rooms, peers, peer
+//! connections, sockets) as gauges read at each scrape, and what happened (forwarded packets
+//! and bytes, keyframe requests to publishers, refusals by limit, joins and how long they took)
+//! as counters and a histogram recorded where it happens. The per-packet counters are handles
+//! made once per track, so counting a packet is an atomic add.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::signaling::registry::Counts;
+
+pub const FORWARDED_PACKETS: &str = "videoroom_forwarded_packets_total";
+pub const FORWARDED_BYTES: &str = "videoroom_forwarded_bytes_total";
+pub const KEYFRAME_REQUESTS: &str = "videoroom_keyframe_requests_total";
+pub const LIMIT_REFUSALS: &str = "videoroom_limit_refusals_total";
+pub const SOCKETS_OPENED: &str = "videoroom_sockets_opened_total";
+pub const JOIN_SECONDS: &str = "videoroom_join_seconds";
+
+/// The process's one recorder (the `metrics` macros record into a global one), made on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(JOIN_SECONDS.to_owned()),
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            )
+            .expect("the buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first, which this binary never does.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(FORWARDED_PACKETS, "RTP packets sent to subscribers");
+    metrics::describe_counter!(FORWARDED_BYTES, "RTP payload bytes sent to subscribers");
+    metrics::describe_counter!(
+        KEYFRAME_REQUESTS,
+        "keyframe requests (PLI) sent to publishers"
+    );
+    metrics::describe_counter!(LIMIT_REFUSALS, "requests refused by a limit, by its flag");
+    metrics::describe_counter!(SOCKETS_OPENED, "signaling sockets opened");
+    metrics::describe_histogram!(
+        JOIN_SECONDS,
+        metrics::Unit::Seconds,
+        "from a media join to the room's acceptance"
+    );
+}
+
+/// The metrics as Prometheus text, with the gauges of `counts` as of now.
+pub fn render(counts: Counts) -> String {
+    let handle = prometheus();
+    metrics::gauge!("videoroom_rooms").set(counts.rooms as f64);
+    metrics::gauge!("videoroom_peers").set(counts.peers as f64);
+    metrics::gauge!("videoroom_peer_connections").set(counts.peer_connections as f64);
+    handle.render()
+}
