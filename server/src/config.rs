@@ -25,9 +25,10 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_PORT", default_value_t = 4000)]
     pub port: u16,
 
-    /// Directory holding the built web client (`trunk build --release` writes `dist/`).
-    #[arg(long, env = "VIDEOROOM_STATIC_DIR", default_value = "dist")]
-    pub static_dir: PathBuf,
+    /// Serve the web client from this directory (`trunk build --release` writes `dist/`)
+    /// instead of the copy built into the binary.
+    #[arg(long, env = "VIDEOROOM_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 
     /// Log filter, e.g. `info` or `server=debug,info`.
     #[arg(long, env = "VIDEOROOM_LOG", default_value = "info")]

@@ -12,38 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::compression::CompressionLayer;
-use tower_http::services::{ServeDir, ServeFile};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::origin;
 use crate::signaling::registry::{Counts, Registry};
 use crate::signaling::socket;
 use crate::telemetry;
+use crate::web_client;
 use crate::Config;
 
 pub fn router(config: &Config, rooms: Registry) -> Router {
-    let index = config.static_dir.join("index.html");
-    if !index.is_file() {
-        tracing::warn!(
-            "{} is missing: build the client first (see README), the pages will answer 404",
-            index.display()
-        );
-    }
-    // Every page of the client is `index.html` (its router picks the view). The page must be
-    // fetched anew each time; the assets it names carry a content hash and never change.
-    let page = Router::new()
-        .route_service("/", ServeFile::new(&index))
-        .route_service("/room/{room}", ServeFile::new(&index))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        ));
-    let assets = Router::new()
-        .fallback_service(ServeDir::new(&config.static_dir))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=31536000, immutable"),
-        ));
     let allowed_origins: Arc<[String]> = config.allowed_origins.clone().into();
     let token: Option<Arc<str>> = config.metrics_token.as_deref().map(Arc::from);
     let bearer = middleware::from_fn(move |request: Request, next: Next| {
@@ -63,8 +40,7 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .merge(api)
-        .merge(page)
-        .merge(assets)
+        .merge(web_client::routes(config.static_dir.as_deref()))
         .layer(CompressionLayer::new())
 }
 

@@ -20,6 +20,7 @@ pub mod signaling;
 pub mod telemetry;
 pub mod test_hooks;
 mod turn;
+mod web_client;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The HTTP side of the server: the client's pages, its assets with caching and compression,
-//! and `/health`, served from a static directory made by the test.
+//! and `/health`, served from a static directory made by the test, or from the client built
+//! into the binary.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ fn static_dir(name: &str) -> PathBuf {
 
 async fn start(name: &str) -> String {
     let config = server::Config {
-        static_dir: static_dir(name),
+        static_dir: Some(static_dir(name)),
         ..server::Config::defaults()
     };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -84,4 +85,51 @@ async fn health_answers_ok() {
     let response = reqwest::get(format!("{base}/health")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), "ok");
+}
+
+/// Without `--static-dir` the server serves the client built into it: `dist/` as the build saw
+/// it (scripts/test.sh builds the client first; without it, the pages answer 404).
+#[tokio::test]
+async fn the_built_in_client_is_served_without_a_static_dir() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(
+        listener,
+        server::Config::defaults(),
+        std::future::pending(),
+    ));
+    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{base}/room/standup"))
+        .send()
+        .await
+        .unwrap();
+    let Ok(index) = std::fs::read_to_string(dist.join("index.html")) else {
+        assert_eq!(page.status(), StatusCode::NOT_FOUND);
+        return;
+    };
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
+    assert_eq!(page.text().await.unwrap(), index);
+    // The wasm the page loads, hashed name and all.
+    let wasm = std::fs::read_dir(&dist)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.ends_with(".wasm"))
+        .expect("dist/ holds the client's wasm");
+    let asset = http.get(format!("{base}/{wasm}")).send().await.unwrap();
+    assert_eq!(asset.status(), StatusCode::OK);
+    assert_eq!(asset.headers()[CONTENT_TYPE], "application/wasm");
+    assert!(asset.headers()[CACHE_CONTROL]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let missing = http
+        .get(format!("{base}/no-such-file.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }

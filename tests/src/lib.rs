@@ -56,7 +56,7 @@ impl TestServer {
             );
         }
         Ok(server::Config {
-            static_dir,
+            static_dir: Some(static_dir),
             ..server::Config::defaults()
         })
     }
