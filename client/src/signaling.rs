@@ -36,6 +36,41 @@ pub struct Signaling {
     _heartbeat: Interval,
 }
 
+/// The join token of the page's link (`?token=…`), on a server with access control.
+pub fn join_token() -> Option<String> {
+    let search = web_sys::window()?.location().search().ok()?;
+    web_sys::UrlSearchParams::new_with_str(&search)
+        .ok()?
+        .get("token")
+}
+
+/// The display name the link's join token gives (read, not verified: the server checks it).
+pub fn join_token_name() -> Option<String> {
+    let token = join_token()?;
+    let payload = token.split('.').nth(1)?;
+    // base64url without padding, as JWTs write it, to the base64 `atob` reads.
+    let mut base64: String = payload
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while base64.len() % 4 != 0 {
+        base64.push('=');
+    }
+    // `atob` gives one char per byte; the bytes are the payload's UTF-8.
+    let bytes: Vec<u8> = web_sys::window()?
+        .atob(&base64)
+        .ok()?
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(claims.get("name")?.as_str()?.to_owned())
+}
+
 impl Signaling {
     /// Opens the socket of the page's own server and joins the room's channel.
     pub fn connect(room: &RoomId, on_event: Callback<SignalingEvent>) -> Result<Signaling, String> {
@@ -46,8 +81,15 @@ impl Signaling {
             "ws"
         };
         let host = location.host().map_err(|_| "no host")?;
-        let socket = WebSocket::open(&format!("{scheme}://{host}/socket/websocket?vsn=2.0.0"))
-            .map_err(|err| format!("cannot open the signaling socket: {err}"))?;
+        // A room link of a server with access control carries a join token: the socket takes
+        // it as its `token` parameter.
+        let token = join_token()
+            .map(|token| format!("&token={}", js_sys::encode_uri_component(&token)))
+            .unwrap_or_default();
+        let socket = WebSocket::open(&format!(
+            "{scheme}://{host}/socket/websocket?vsn=2.0.0{token}"
+        ))
+        .map_err(|err| format!("cannot open the signaling socket: {err}"))?;
         let (mut sink, mut stream) = socket.split();
         let (outgoing, mut queue) = mpsc::unbounded::<String>();
         spawn_local(async move {

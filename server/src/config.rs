@@ -79,6 +79,11 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Turns access control on: joining a room takes a join token signed with this secret
+    /// (`videoroom token` makes one).
+    #[arg(long, env = "VIDEOROOM_JOIN_SECRET", global = true)]
+    pub join_secret: Option<String>,
+
     /// When set, `/stats` and `/metrics` answer only requests with `Authorization: Bearer TOKEN`.
     #[arg(long, env = "VIDEOROOM_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
@@ -86,9 +91,29 @@ pub struct Config {
     #[command(flatten)]
     pub limits: Limits,
 
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Faults a test injects; never set from the command line or the environment.
     #[arg(skip)]
     pub test_hooks: Option<TestHooks>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Prints a join token for one person and room, signed with --join-secret.
+    Token {
+        /// The room the token opens.
+        #[arg(long)]
+        room: String,
+        /// The display name its holder appears under.
+        #[arg(long)]
+        name: String,
+        /// How long the token stays valid, in seconds.
+        #[arg(long, default_value = "86400", value_parser = parse_seconds)]
+        valid_for: Duration,
+    },
 }
 
 impl Config {

@@ -1,16 +1,16 @@
 //! HTTP routes: the single-page client (its pages and its assets), `/health`, `/stats`,
-//! `/metrics`, and the
-//! Phoenix socket's WebSocket upgrade at `/socket/websocket`.
+//! `/metrics`, and the Phoenix socket's WebSocket upgrade at `/socket/websocket`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Deserialize;
 use tower_http::compression::CompressionLayer;
 
 use crate::origin;
@@ -30,8 +30,8 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
     let api = Router::new()
         .route(
             "/socket/websocket",
-            get(move |ws, client, headers, rooms| {
-                upgrade(ws, client, headers, rooms, allowed_origins.clone())
+            get(move |ws, client, headers, params, rooms| {
+                upgrade(ws, client, headers, params, rooms, allowed_origins.clone())
             }),
         )
         .route("/stats", get(stats).layer(bearer.clone()))
@@ -44,6 +44,13 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
         .layer(CompressionLayer::new())
 }
 
+/// The socket's parameters beside `vsn`, as Phoenix's `params` put them in the URL.
+#[derive(Debug, Deserialize)]
+struct SocketParams {
+    /// A join token, when the server has access control on.
+    token: Option<String>,
+}
+
 /// `GET /socket/websocket?vsn=2.0.0`: the Phoenix V2 socket. A page of a foreign origin gets a
 /// `403` naming it; a client address with all the sockets it may have gets its socket closed at
 /// once, with the reason.
@@ -51,6 +58,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    Query(params): Query<SocketParams>,
     State(rooms): State<Registry>,
     allowed_origins: Arc<[String]>,
 ) -> Response {
@@ -75,7 +83,9 @@ async fn upgrade(
         .max_frame_size(2 * max_frame);
     let quota = rooms.sockets_per_address().clone();
     match quota.try_take(client.ip()) {
-        Some(admitted) => ws.on_upgrade(move |ws| socket::serve(ws, rooms, client, admitted)),
+        Some(admitted) => {
+            ws.on_upgrade(move |ws| socket::serve(ws, rooms, client, admitted, params.token))
+        }
         None => ws.on_upgrade(move |ws| socket::refuse(ws, client, quota.max())),
     }
 }

@@ -10,6 +10,7 @@
 //! [`limits`] holds every bound a client could otherwise push, [`test_hooks`] the faults tests
 //! inject.
 
+pub mod access;
 mod config;
 mod http;
 pub mod limits;
@@ -27,11 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-pub use config::Config;
+pub use config::{Command, Config};
 pub use signaling::registry::Counts;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::access::JoinSecret;
 use crate::media::endpoint::{EndpointHandle, RtcSettings};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::RoomSettings;
@@ -62,6 +64,7 @@ pub async fn serve(
         rtc: Arc::new(RtcSettings::from_config(&config)),
         test_hooks: config.test_hooks.clone(),
         turn: TurnServers::from_config(&config),
+        join_secret: config.join_secret.as_deref().map(JoinSecret::new),
         start_endpoint: EndpointHandle::spawn,
     });
     let app = http::router(&config, rooms.clone());

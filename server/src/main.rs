@@ -3,12 +3,33 @@
 
 use anyhow::Context;
 use clap::Parser;
-use server::Config;
+use std::time::SystemTime;
+
+use server::access::JoinSecret;
+use server::{Command, Config};
+use shared::RoomId;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(Command::Token {
+        room,
+        name,
+        valid_for,
+    }) = &config.command
+    {
+        let secret = config
+            .join_secret
+            .as_deref()
+            .context("a token is signed with the server's secret: pass --join-secret (or VIDEOROOM_JOIN_SECRET)")?;
+        let room = RoomId::new(room.as_str()).context("not a valid room name")?;
+        println!(
+            "{}",
+            JoinSecret::new(secret).issue(&room, name, *valid_for, SystemTime::now())
+        );
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log).context("invalid --log filter")?)
         .init();

@@ -392,6 +392,60 @@ async fn a_media_connection_that_never_comes_up_is_reported() -> anyhow::Result<
     finish(outcome, vec![("relay-only-ann", ann)]).await
 }
 
+/// On a server with access control, the room link carries a join token: the page offers the
+/// token's name and joins; the same room's link without a token gets the server's reason.
+#[tokio::test]
+async fn a_token_link_joins_and_a_bare_link_is_refused() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let mut config = TestServer::client_config()?;
+    config.join_secret = Some("north-wind".to_owned());
+    let server = TestServer::start_with(config).await?;
+    let token = server::access::JoinSecret::new("north-wind").issue(
+        &shared::RoomId::new("vault")?,
+        "Zoë",
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    );
+    let ann = Browser::launch().await?;
+    let outcome = async {
+        ann.client
+            .goto(&server.url(&format!("/room/vault?token={token}")))
+            .await?;
+        ann.wait_for_presence("#display-name", true, JOIN_TIMEOUT)
+            .await?;
+        let offered = ann
+            .eval(
+                "return document.querySelector('#display-name').value;",
+                vec![],
+            )
+            .await?;
+        ensure!(offered == json!("Zoë"), "the name form offers {offered}");
+        click_join(&ann).await?;
+        wait_for_status(&ann, "joined", JOIN_TIMEOUT).await?;
+
+        ann.client.goto(&server.url("/room/vault")).await?;
+        ann.wait_for_presence("#display-name", true, JOIN_TIMEOUT)
+            .await?;
+        ann.fill("#display-name", "Ann").await?;
+        click_join(&ann).await?;
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        loop {
+            let shown = banners(&ann).await?;
+            if shown
+                .iter()
+                .any(|banner| banner.contains("needs a join token"))
+            {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "no refusal shown: {shown:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("token-ann", ann)]).await
+}
+
 /// Ann's browser refuses the camera and microphone: the room page says so in an alert, still
 /// joins, and Ann sees Bob (receive-only) while Bob sees her listed.
 #[tokio::test]

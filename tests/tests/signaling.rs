@@ -638,3 +638,65 @@ async fn each_peer_gets_its_own_expiring_turn_credentials() -> anyhow::Result<()
     assert_ne!(credentials[0], credentials[1]);
     Ok(())
 }
+
+/// With `--join-secret`, a room's channel opens only with a valid join token for that room, in
+/// the socket's `token` parameter; the token's name is the one the others see.
+#[tokio::test]
+async fn with_a_join_secret_only_a_valid_token_for_the_room_joins() -> anyhow::Result<()> {
+    use server::access::JoinSecret;
+    use std::time::SystemTime;
+
+    let mut config = server::Config::defaults();
+    config.join_secret = Some("north-wind".to_owned());
+    let server = TestServer::start_with(config).await?;
+    let secret = JoinSecret::new("north-wind");
+    let vault = shared::RoomId::new("vault")?;
+    let hour = Duration::from_secs(3600);
+    let with_token = |token: &str| format!("{}&token={token}", server.socket_url());
+
+    let refusals = [
+        (server.socket_url(), "needs a join token"),
+        (
+            with_token(&secret.issue(
+                &shared::RoomId::new("lobby")?,
+                "Ann",
+                hour,
+                SystemTime::now(),
+            )),
+            "is for room `lobby`",
+        ),
+        (
+            with_token(&secret.issue(&vault, "Ann", hour, SystemTime::now() - 2 * hour)),
+            "has expired",
+        ),
+        (
+            with_token(&JoinSecret::new("guess").issue(&vault, "Mallory", hour, SystemTime::now())),
+            "not valid",
+        ),
+    ];
+    for (url, reason) in refusals {
+        let mut client = PhoenixClient::connect(&url).await?;
+        let Err(refused) = client.join(&vault.topic()).await else {
+            bail!("joined without a valid token ({reason})");
+        };
+        let refused = format!("{refused:#}");
+        assert!(refused.contains(reason), "wanted `{reason}`, got {refused}");
+    }
+
+    let token = secret.issue(&vault, "Ann", hour, SystemTime::now());
+    let mut ann = PhoenixClient::connect(&with_token(&token)).await?;
+    let channel = ann.join(&vault.topic()).await?;
+    // Whatever name the page sends, the token's is the one used.
+    ann.push(
+        &channel,
+        &ClientEvent::Join(Join {
+            metadata: metadata_of("Somebody else"),
+        }),
+    )
+    .await?;
+    let (_, ServerEvent::PeerJoined(joined)) = ann.wait_for("peerJoined").await? else {
+        bail!("no peerJoined");
+    };
+    assert_eq!(joined.peer.metadata, metadata_of("Ann"));
+    Ok(())
+}

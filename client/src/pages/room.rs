@@ -11,6 +11,7 @@ use crate::components::Tile;
 use crate::profile;
 use crate::room_state::{RoomState, Status};
 use crate::rtc::Session;
+use crate::signaling;
 
 #[derive(Properties, PartialEq)]
 pub struct RoomProps {
@@ -55,7 +56,7 @@ struct NameFormProps {
 
 #[function_component(NameForm)]
 fn name_form(props: &NameFormProps) -> Html {
-    let name = use_state(profile::display_name);
+    let name = use_state(|| signaling::join_token_name().unwrap_or_else(profile::display_name));
     let error = use_state(|| None::<&'static str>);
     let on_input = {
         let name = name.clone();

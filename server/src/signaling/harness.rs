@@ -51,6 +51,7 @@ impl RoomHarness {
             rtc: Arc::new(RtcSettings::from_config(config)),
             test_hooks: hooks.then(TestHooks::default),
             turn: TurnServers::from_config(config),
+            join_secret: None,
             start_endpoint: EndpointHandle::unattended,
         };
         let id = RoomId::new("harness").expect("a valid room name");

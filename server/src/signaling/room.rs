@@ -23,6 +23,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
+use crate::access::JoinSecret;
 use crate::limits::{LimitExceeded, Limits, QuotaGuard};
 use crate::media::codec::MediaKind;
 use crate::media::endpoint::{
@@ -71,6 +72,8 @@ pub struct RoomSettings {
     pub test_hooks: Option<TestHooks>,
     /// The TURN servers and credentials each peer is handed.
     pub turn: TurnServers,
+    /// With access control on, what checks join tokens.
+    pub join_secret: Option<JoinSecret>,
     /// How a peer's endpoint is started: [`EndpointHandle::spawn`], or
     /// [`EndpointHandle::unattended`] when the room is driven without sockets.
     pub start_endpoint: StartEndpoint,

@@ -15,7 +15,9 @@ use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use futures_util::{SinkExt, TryFutureExt};
 use shared::phoenix::PHOENIX_TOPIC;
 use shared::server_event::ErrorMessage;
-use shared::{ClientEvent, DecodeError, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent};
+use shared::{
+    ClientEvent, DecodeError, Frame, Metadata, PeerId, PhoenixEvent, RoomId, ServerEvent,
+};
 use tokio::sync::broadcast;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -39,6 +41,8 @@ struct Channel {
     peer_id: PeerId,
     /// Set once the peer's media `join` was accepted by the room.
     room: Option<RoomHandle>,
+    /// The display name the join token gives, which the peer's own metadata cannot change.
+    token_name: Option<String>,
 }
 
 /// Why the server closes a socket: the WebSocket close code and a reason for the client.
@@ -78,7 +82,13 @@ pub async fn refuse(ws: WebSocket, client: SocketAddr, limit: usize) {
     close_socket(sink, stream, close, REFUSAL_WRITE_TIMEOUT).await;
 }
 
-pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted: AddressGuard) {
+pub async fn serve(
+    ws: WebSocket,
+    rooms: Registry,
+    client: SocketAddr,
+    admitted: AddressGuard,
+    token: Option<String>,
+) {
     let (sink, mut stream) = ws.split();
     // Held until the socket has closed: the server's shutdown waits for that.
     let mut shutdown = rooms.shutdown_watch();
@@ -97,6 +107,7 @@ pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted:
         channels: HashMap::new(),
         flood: TokenBucket::new(2.0 * rate, rate),
         limits,
+        token,
     };
     tracing::debug!(%client, "socket opened");
     metrics::counter!(telemetry::SOCKETS_OPENED).increment(1);
@@ -157,6 +168,17 @@ pub async fn serve(ws: WebSocket, rooms: Registry, client: SocketAddr, admitted:
     }
 }
 
+/// Makes `metadata` name the peer `name` (a join token's), whatever else it holds.
+fn set_display_name(metadata: &mut Metadata, name: &str) {
+    let display_name = ("displayName".to_owned(), Metadata::from(name));
+    match metadata {
+        Metadata::Object(fields) => {
+            fields.insert(display_name.0, display_name.1);
+        }
+        other => *other = Metadata::Object(serde_json::Map::from_iter([display_name])),
+    }
+}
+
 /// The next peer whose socket a test cuts; never, without test hooks.
 async fn next_cut(cuts: &mut Option<broadcast::Receiver<PeerId>>) -> Option<PeerId> {
     match cuts {
@@ -206,6 +228,8 @@ struct Socket {
     channels: HashMap<String, Channel>,
     flood: TokenBucket,
     limits: Limits,
+    /// The socket's join token, if it was given one.
+    token: Option<String>,
 }
 
 /// The socket can no longer be written to.
@@ -336,6 +360,16 @@ impl Socket {
             tracing::warn!(%refused, "join refused");
             return self.send(frame.reply_error(&refused.to_string())).await;
         }
+        let token_name = match &self.rooms.settings().join_secret {
+            None => None,
+            Some(secret) => match secret.check(self.token.as_deref(), &room_id) {
+                Ok(claims) => Some(claims.name),
+                Err(refused) => {
+                    tracing::warn!(room = %room_id, %refused, "join refused");
+                    return self.send(frame.reply_error(&refused.to_string())).await;
+                }
+            },
+        };
         let peer_id = PeerId::from(uuid::Uuid::new_v4());
         tracing::info!(room = %room_id, peer = %peer_id, "channel joined");
         self.channels.insert(
@@ -345,6 +379,7 @@ impl Socket {
                 room_id,
                 peer_id,
                 room: None,
+                token_name,
             },
         );
         self.send(frame.reply_ok()).await
@@ -408,7 +443,10 @@ impl Socket {
             return Ok(());
         };
         match (event, &channel.room) {
-            (ClientEvent::Join(join), None) => {
+            (ClientEvent::Join(mut join), None) => {
+                if let Some(name) = &channel.token_name {
+                    set_display_name(&mut join.metadata, name);
+                }
                 let asked = std::time::Instant::now();
                 let joined = self
                     .rooms
