@@ -79,6 +79,15 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Reverse proxies in front of the server (repeatable or comma-separated addresses): for
+    /// their connections, `X-Forwarded-For` names the client the per-address limits count.
+    #[arg(
+        long = "trusted-proxy",
+        env = "VIDEOROOM_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
+
     /// Turns access control on: joining a room takes a join token signed with this secret
     /// (`videoroom token` makes one).
     #[arg(long, env = "VIDEOROOM_JOIN_SECRET", global = true)]

@@ -1,11 +1,11 @@
 //! HTTP routes: the single-page client (its pages and its assets), `/health`, `/stats`,
 //! `/metrics`, and the Phoenix socket's WebSocket upgrade at `/socket/websocket`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Query, Request, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tower_http::compression::CompressionLayer;
 
+use crate::forwarded;
 use crate::origin;
 use crate::signaling::registry::{Counts, Registry};
 use crate::signaling::socket;
@@ -21,7 +22,10 @@ use crate::web_client;
 use crate::Config;
 
 pub fn router(config: &Config, rooms: Registry) -> Router {
-    let allowed_origins: Arc<[String]> = config.allowed_origins.clone().into();
+    let admission = Arc::new(Admission {
+        allowed_origins: config.allowed_origins.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+    });
     let token: Option<Arc<str>> = config.metrics_token.as_deref().map(Arc::from);
     let bearer = middleware::from_fn(move |request: Request, next: Next| {
         let token = token.clone();
@@ -31,7 +35,7 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
         .route(
             "/socket/websocket",
             get(move |ws, client, headers, params, rooms| {
-                upgrade(ws, client, headers, params, rooms, allowed_origins.clone())
+                upgrade(ws, client, headers, params, rooms, admission.clone())
             }),
         )
         .route("/stats", get(stats).layer(bearer.clone()))
@@ -42,6 +46,14 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
         .merge(api)
         .merge(web_client::routes(config.static_dir.as_deref()))
         .layer(CompressionLayer::new())
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Who may open the signaling socket, and who is asking.
+struct Admission {
+    allowed_origins: Vec<String>,
+    trusted_proxies: Vec<IpAddr>,
 }
 
 /// The socket's parameters beside `vsn`, as Phoenix's `params` put them in the URL.
@@ -56,21 +68,23 @@ struct SocketParams {
 /// once, with the reason.
 async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<SocketParams>,
     State(rooms): State<Registry>,
-    allowed_origins: Arc<[String]>,
+    admission: Arc<Admission>,
 ) -> Response {
     let header = |name| {
         headers
             .get(name)
             .and_then(|value: &HeaderValue| value.to_str().ok())
     };
+    let client =
+        forwarded::client_address(peer, header(X_FORWARDED_FOR), &admission.trusted_proxies);
     if let Err(refused) = origin::check(
         header(header::ORIGIN),
         header(header::HOST),
-        &allowed_origins,
+        &admission.allowed_origins,
     ) {
         tracing::warn!(%client, %refused, "socket refused");
         return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();

@@ -12,6 +12,7 @@
 
 pub mod access;
 mod config;
+mod forwarded;
 mod http;
 pub mod limits;
 mod listener;

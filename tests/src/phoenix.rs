@@ -52,16 +52,23 @@ impl PhoenixClient {
         Ok(PhoenixClient::over(ws))
     }
 
-    /// Opens a socket at `url` as a page of `origin` would (its `Origin` header); the error
-    /// carries the server's refusal, e.g. `HTTP error: 403 Forbidden`.
-    pub async fn connect_as_page_of(url: &str, origin: &str) -> anyhow::Result<PhoenixClient> {
+    /// Opens a socket at `url` with extra request `headers`, e.g. the `Origin` a page would
+    /// send or a proxy's `X-Forwarded-For`; the error carries the server's refusal, e.g.
+    /// `HTTP error: 403 Forbidden`.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<PhoenixClient> {
         let mut request = url.into_client_request()?;
-        request
-            .headers_mut()
-            .insert(http::header::ORIGIN, http::HeaderValue::from_str(origin)?);
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes())?,
+                http::HeaderValue::from_str(value)?,
+            );
+        }
         let (ws, _response) = connect_async(request)
             .await
-            .with_context(|| format!("cannot open a WebSocket to {url} as a page of {origin}"))?;
+            .with_context(|| format!("cannot open a WebSocket to {url} with {headers:?}"))?;
         Ok(PhoenixClient::over(ws))
     }
 

@@ -580,11 +580,12 @@ async fn only_pages_of_allowed_origins_open_the_socket() -> anyhow::Result<()> {
         .map(|authority| format!("http://{authority}"))
         .expect("a ws:// URL");
     for origin in [own.as_str(), "https://app.example.com"] {
-        let mut client = PhoenixClient::connect_as_page_of(&url, origin).await?;
+        let mut client = PhoenixClient::connect_with_headers(&url, &[("origin", origin)]).await?;
         client.heartbeat().await?;
     }
     for origin in ["https://evil.example", "null"] {
-        let Err(refused) = PhoenixClient::connect_as_page_of(&url, origin).await else {
+        let Err(refused) = PhoenixClient::connect_with_headers(&url, &[("origin", origin)]).await
+        else {
             bail!("a page of {origin} opened the socket");
         };
         let refused = format!("{refused:#}");
@@ -698,5 +699,51 @@ async fn with_a_join_secret_only_a_valid_token_for_the_room_joins() -> anyhow::R
         bail!("no peerJoined");
     };
     assert_eq!(joined.peer.metadata, metadata_of("Ann"));
+    Ok(())
+}
+
+/// Behind a trusted reverse proxy, `X-Forwarded-For` names the client whose sockets the
+/// per-address limit counts; from anyone else the header is ignored.
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_for_names_the_client() -> anyhow::Result<()> {
+    /// Opens a socket from `client` and keeps it open in `held` if it was admitted.
+    async fn open(url: &str, client: &str, held: &mut Vec<PhoenixClient>) -> anyhow::Result<bool> {
+        let mut socket =
+            PhoenixClient::connect_with_headers(url, &[("x-forwarded-for", client)]).await?;
+        // A refused socket is closed at once, with the reason; an admitted one answers.
+        let admitted = socket.heartbeat().await.is_ok();
+        held.push(socket);
+        Ok(admitted)
+    }
+    for trusted in [true, false] {
+        let mut config = server::Config::defaults();
+        config.limits.max_sockets_per_ip = 2;
+        if trusted {
+            config.trusted_proxies = vec!["127.0.0.1".parse()?];
+        }
+        let server = TestServer::start_with(config).await?;
+        let url = server.socket_url();
+        let mut held = Vec::new();
+        let mut admitted = Vec::new();
+        for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+            admitted.push(open(&url, client, &mut held).await?);
+        }
+        let mut same = Vec::new();
+        for _ in 0..3 {
+            same.push(open(&url, "203.0.113.9", &mut held).await?);
+        }
+        if trusted {
+            assert_eq!(
+                admitted,
+                [true, true, true],
+                "three clients behind the proxy"
+            );
+            assert_eq!(same, [true, true, false], "one client's third socket");
+        } else {
+            // Everyone is the test's own 127.0.0.1, which has its two sockets already.
+            assert_eq!(admitted, [true, true, false], "the header was believed");
+            assert_eq!(same, [false, false, false]);
+        }
+    }
     Ok(())
 }
