@@ -79,6 +79,27 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Serve HTTPS (and the socket over TLS) with this certificate chain (PEM).
+    #[arg(long, env = "VIDEOROOM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "VIDEOROOM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS with a certificate made at start for localhost, the listening and announced
+    /// addresses and --tls-hostname names (browsers warn once; fine for a LAN room).
+    #[arg(long, env = "VIDEOROOM_TLS_SELF_SIGNED", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_self_signed: bool,
+
+    /// Names the self-signed certificate also covers (repeatable or comma-separated).
+    #[arg(
+        long = "tls-hostname",
+        env = "VIDEOROOM_TLS_HOSTNAMES",
+        value_delimiter = ','
+    )]
+    pub tls_hostnames: Vec<String>,
+
     /// Reverse proxies in front of the server (repeatable or comma-separated addresses): for
     /// their connections, `X-Forwarded-For` names the client the per-address limits count.
     #[arg(

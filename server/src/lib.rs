@@ -21,6 +21,7 @@ mod origin;
 pub mod signaling;
 pub mod telemetry;
 pub mod test_hooks;
+mod tls;
 mod turn;
 mod web_client;
 
@@ -68,8 +69,10 @@ pub async fn serve(
         join_secret: config.join_secret.as_deref().map(JoinSecret::new),
         start_endpoint: EndpointHandle::spawn,
     });
+    let tls = tls::acceptor(&config).context("cannot set up HTTPS")?;
     let app = http::router(&config, rooms.clone());
-    tracing::info!("videoroom listening on http://{address}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("videoroom listening on {scheme}://{address}");
     let (stop, stopped) = oneshot::channel();
     let signal = async move {
         shutdown.await;
@@ -79,6 +82,7 @@ pub async fn serve(
         listener,
         app,
         config.limits.clone(),
+        tls,
         signal,
     ));
     let _ = stopped.await;

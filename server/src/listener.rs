@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use tokio_rustls::TlsAcceptor;
+
 use crate::limits::{AddressGuard, AddressQuota, LimitExceeded, Limits, Quota, QuotaGuard};
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish.
@@ -26,6 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let all = Quota::new(limits.max_connections);
@@ -52,13 +55,21 @@ pub async fn serve(
                     _guards: admitted,
                 };
                 let header_timeout = limits.header_timeout;
-                tokio::spawn(serve_connection(
-                    io,
-                    client,
-                    app.clone(),
-                    header_timeout,
-                    stopping.clone(),
-                ));
+                let (app, stopping, tls) = (app.clone(), stopping.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve_connection(io, client, app, header_timeout, stopping).await,
+                        Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(io))
+                            .await
+                        {
+                            Ok(Ok(io)) => {
+                                serve_connection(io, client, app, header_timeout, stopping).await
+                            }
+                            Ok(Err(err)) => tracing::debug!(%client, %err, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                        },
+                    }
+                });
             }
             Err(refused) => {
                 tracing::warn!(%client, %refused, "connection refused");
@@ -110,13 +121,15 @@ fn refuse(stream: &TcpStream, refused: &LimitExceeded) {
     let _ = stream.try_write(response.as_bytes());
 }
 
-async fn serve_connection(
-    io: Admitted,
+async fn serve_connection<I>(
+    io: I,
     client: SocketAddr,
     app: Router,
     header_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(ConnectInfo(client));
