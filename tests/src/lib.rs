@@ -118,6 +118,9 @@ pub struct LaunchOptions {
     /// (Chromium 156 headless: dropping the fake-UI flag alone already denies; blocking them in
     /// `goog:chromeOptions.prefs` does nothing while the fake-UI flag is there.)
     pub deny_media: bool,
+    /// A made-up host name the browser resolves to 127.0.0.1, trusting any certificate: pages
+    /// of a non-localhost secure origin (`https://NAME:PORT`) from a self-signed test server.
+    pub test_hostname: Option<&'static str>,
 }
 
 impl Browser {
@@ -347,6 +350,12 @@ fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
     if options.deny_media {
         args.retain(|arg| *arg != "--use-fake-ui-for-media-stream");
         args.push("--deny-permission-prompts");
+    }
+    let resolver_rule;
+    if let Some(name) = options.test_hostname {
+        resolver_rule = format!("--host-resolver-rules=MAP {name} 127.0.0.1");
+        args.push(&resolver_rule);
+        args.push("--ignore-certificate-errors");
     }
     chrome_options["args"] = json!(args);
     let capabilities = json!({

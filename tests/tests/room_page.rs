@@ -446,13 +446,55 @@ async fn a_token_link_joins_and_a_bare_link_is_refused() -> anyhow::Result<()> {
     finish(outcome, vec![("token-ann", ann)]).await
 }
 
+/// Over HTTPS with the server's self-signed certificate, on a host name that is not localhost (a
+/// secure origin the camera is given to only because it is HTTPS): two people see each other.
+#[tokio::test]
+async fn a_room_over_https_on_a_lan_style_name_works() -> anyhow::Result<()> {
+    const HOST: &str = "videoroom.test";
+    let _turn = BROWSER_TURN.lock().await;
+    let mut config = TestServer::client_config()?;
+    config.tls_self_signed = true;
+    let server = TestServer::start_with(config).await?;
+    let options = LaunchOptions {
+        test_hostname: Some(HOST),
+        ..LaunchOptions::default()
+    };
+    let (ann, bob) = tokio::try_join!(
+        Browser::launch_with(options.clone()),
+        Browser::launch_with(options)
+    )?;
+    let home = format!("https://{HOST}:{}/", server.address.port());
+    let outcome = async {
+        for (browser, name) in [(&ann, "Ann"), (&bob, "Bob")] {
+            browser.client.goto(&home).await?;
+            browser.fill("#room-name", "secure").await?;
+            browser.fill("#display-name", name).await?;
+            click_join(browser).await?;
+        }
+        for browser in [&ann, &bob] {
+            wait_for_status(browser, "joined", JOIN_TIMEOUT).await?;
+        }
+        tokio::try_join!(
+            first_remote_frame(&ann, "Bob", Instant::now()),
+            first_remote_frame(&bob, "Ann", Instant::now()),
+        )?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("https-ann", ann), ("https-bob", bob)]).await
+}
+
 /// Ann's browser refuses the camera and microphone: the room page says so in an alert, still
 /// joins, and Ann sees Bob (receive-only) while Bob sees her listed.
 #[tokio::test]
 async fn denied_camera_and_microphone_still_joins_receive_only() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
     let server = TestServer::with_client().await?;
-    let ann = Browser::launch_with(LaunchOptions { deny_media: true }).await?;
+    let ann = Browser::launch_with(LaunchOptions {
+        deny_media: true,
+        ..LaunchOptions::default()
+    })
+    .await?;
     let bob = match Browser::launch().await {
         Ok(bob) => bob,
         Err(err) => {
