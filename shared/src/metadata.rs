@@ -26,6 +26,17 @@ pub fn display_name(metadata: &Metadata) -> Option<&str> {
     metadata.get("displayName")?.as_str()
 }
 
+/// Makes `metadata` name the peer `name`, keeping whatever else it holds (an object), or
+/// replacing it (anything else).
+pub fn set_display_name(metadata: &mut Metadata, name: &str) {
+    match metadata {
+        Metadata::Object(fields) => {
+            fields.insert("displayName".to_owned(), name.into());
+        }
+        other => *other = peer_metadata(name),
+    }
+}
+
 /// `{"type": track_type, "active": active}`.
 pub fn track_metadata(track_type: TrackType, active: bool) -> Metadata {
     json!({ "type": track_type, "active": active })

@@ -1,8 +1,8 @@
 //! The SFU's forwarding. A published track has one [`Fanout`]; each subscriber to it adds a
 //! [`DownTrack`] that rewrites the packet for its own leg (SSRC, payload type, sequence number
-//! and timestamp through [`crate::media::rewrite`], no header extensions) and holds video back until a
-//! keyframe starts. The decisions are plain functions;
-//! the per-packet path takes no lock held across an await and allocates nothing of its own.
+//! and timestamp through [`crate::media::rewrite`], no header extensions) and holds video back
+//! until a keyframe starts. The decisions are plain functions; the per-packet path takes no lock
+//! held across an await and allocates nothing of its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -206,6 +206,7 @@ impl Fanout {
         }
         let keyframe = self.kind == MediaKind::Video && codec.starts_keyframe(&packet.payload);
         let now = Instant::now();
+        let mut sent = 0;
         for down_track in down_tracks.iter() {
             let Some(numbers) = down_track.admit(codec, keyframe, &packet.header, now) else {
                 // Still waiting for a keyframe: keep asking (the publisher's reader sends at
@@ -220,10 +221,12 @@ impl Fanout {
             };
             // Fails only once the subscriber's connection is closing; it is detached then.
             if down_track.track.write_rtp(copy).await.is_ok() {
-                self.forwarded_packets.increment(1);
-                self.forwarded_bytes.increment(packet.payload.len() as u64);
+                sent += 1;
             }
         }
+        self.forwarded_packets.increment(sent);
+        self.forwarded_bytes
+            .increment(sent * packet.payload.len() as u64);
     }
 }
 

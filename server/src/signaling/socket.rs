@@ -13,11 +13,10 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream, StreamExt};
 use futures_util::{SinkExt, TryFutureExt};
+use shared::metadata;
 use shared::phoenix::PHOENIX_TOPIC;
 use shared::server_event::ErrorMessage;
-use shared::{
-    ClientEvent, DecodeError, Frame, Metadata, PeerId, PhoenixEvent, RoomId, ServerEvent,
-};
+use shared::{ClientEvent, DecodeError, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent};
 use tokio::sync::broadcast;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -165,17 +164,6 @@ pub async fn serve(
             close_socket(socket.sink, stream, close, write_timeout).await;
         }
         None => tracing::debug!(%client, "socket closed"),
-    }
-}
-
-/// Makes `metadata` name the peer `name` (a join token's), whatever else it holds.
-fn set_display_name(metadata: &mut Metadata, name: &str) {
-    let display_name = ("displayName".to_owned(), Metadata::from(name));
-    match metadata {
-        Metadata::Object(fields) => {
-            fields.insert(display_name.0, display_name.1);
-        }
-        other => *other = Metadata::Object(serde_json::Map::from_iter([display_name])),
     }
 }
 
@@ -445,7 +433,8 @@ impl Socket {
         match (event, &channel.room) {
             (ClientEvent::Join(mut join), None) => {
                 if let Some(name) = &channel.token_name {
-                    set_display_name(&mut join.metadata, name);
+                    // The token's name, whatever the page sent.
+                    metadata::set_display_name(&mut join.metadata, name);
                 }
                 let asked = std::time::Instant::now();
                 let joined = self
