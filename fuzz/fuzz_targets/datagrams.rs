@@ -32,8 +32,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::Unmarshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use server::media::codec::CODECS;
-use server::media::forward::{header_for_leg, LegNumbers};
-use server::media::webrtc_setup::{codec, is_keyframe_request, media_and_interceptors};
+use server::media::down_track::{header_for_leg, LegNumbers};
+use server::media::setup::{codec, is_keyframe_request, media_and_interceptors};
 
 const CLIENT: &str = "127.0.0.1:50000";
 const SERVER: &str = "127.0.0.1:4000";

@@ -42,9 +42,14 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_ANNOUNCE_IP")]
     pub announce_ip: Option<IpAddr>,
 
-    /// UDP ports for media, as `FIRST-LAST`; each peer takes one. Any free port when unset.
-    #[arg(long, env = "VIDEOROOM_MEDIA_PORTS", value_parser = parse_port_range)]
-    pub media_ports: Option<(u16, u16)>,
+    /// UDP port of the first media worker; each next worker takes the next port. Every peer
+    /// connection of a worker shares its port. 0 picks free ports.
+    #[arg(long, env = "VIDEOROOM_MEDIA_PORT", default_value_t = 4000)]
+    pub media_port: u16,
+
+    /// Media worker threads, each with its own UDP port and rooms; 0 for one per core.
+    #[arg(long, env = "VIDEOROOM_MEDIA_WORKERS", default_value_t = 0)]
+    pub media_workers: usize,
 
     /// TURN servers handed to clients, as `HOST:PORT[?transport=udp|tcp|tls]`; repeatable or
     /// comma-separated. They share one way of giving credentials: --turn-secret, or
@@ -153,22 +158,6 @@ impl Config {
     }
 }
 
-fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
-    let (first, last) = range
-        .split_once('-')
-        .ok_or_else(|| format!("`{range}` is not a range like 50000-50100"))?;
-    let parse = |port: &str| {
-        port.trim()
-            .parse::<u16>()
-            .map_err(|err| format!("`{port}`: {err}"))
-    };
-    let (first, last) = (parse(first)?, parse(last)?);
-    if first == 0 || first > last {
-        return Err(format!("`{range}` is empty or starts at 0"));
-    }
-    Ok((first, last))
-}
-
 fn parse_turn(server: &str) -> Result<(String, u16, TurnTransport), String> {
     let (address, transport) = match server.split_once("?transport=") {
         None => (server, TurnTransport::Udp),
@@ -199,21 +188,21 @@ mod tests {
         let config = Config::defaults();
         assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 4000));
         assert!(config.turn.is_empty());
-        assert_eq!(config.media_ports, None);
+        assert_eq!((config.media_port, config.media_workers), (4000, 0));
     }
 
     #[test]
     fn flags_parse() {
         let config = Config::parse_from([
             "videoroom",
-            "--media-ports",
-            "50000-50010",
+            "--media-port",
+            "50000",
             "--turn",
             "turn.example.org:3478,turn.example.org:5349?transport=tls",
             "--turn-username",
             "u",
         ]);
-        assert_eq!(config.media_ports, Some((50000, 50010)));
+        assert_eq!(config.media_port, 50000);
         assert_eq!(config.turn.len(), 2);
         assert_eq!(
             config.turn[1],
@@ -231,8 +220,7 @@ mod tests {
 
     #[test]
     fn bad_flags_are_explained() {
-        assert!(parse_port_range("50010-50000").is_err());
-        assert!(parse_port_range("5000").is_err());
+        assert!(Config::try_parse_from(["videoroom", "--media-port", "50000-50010"]).is_err());
         assert!(parse_turn("turn.example.org").is_err());
         assert!(parse_turn("h:1?transport=sctp")
             .unwrap_err()

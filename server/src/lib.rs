@@ -4,8 +4,9 @@
 //!   (for pages of the origins [`origin`] allows);
 //! - [`signaling`]: one task per WebSocket, Phoenix framing, media events in and out, to one
 //!   task per room that owns its peers, tracks and negotiations;
-//! - [`media`]: one endpoint per peer, its WebRTC peer connection; incoming RTP goes straight
-//!   to the subscribers' down-tracks, never through the room.
+//! - [`media`]: media worker threads, each with one UDP socket and the peer connections of the
+//!   rooms placed on it; incoming RTP goes straight to the subscribers' down-tracks on the same
+//!   thread, never through the room.
 //!
 //! [`limits`] holds every bound a client could otherwise push, [`test_hooks`] the faults tests
 //! inject.
@@ -36,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::access::JoinSecret;
-use crate::media::endpoint::{EndpointHandle, RtcSettings};
+use crate::media::engine::{MediaEngine, MediaSettings};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::RoomSettings;
 use crate::turn::TurnServers;
@@ -44,6 +45,8 @@ use crate::turn::TurnServers;
 /// How long a shutdown may take to tell every peer and close their sockets; the process exits
 /// after it in any case.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+/// How long the media workers get to close their connections after that.
+const MEDIA_STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// Serves HTTP and the signaling socket on `listener` until `shutdown` completes; then stops
 /// accepting, tells every peer the server is restarting and closes their sockets (within
@@ -61,13 +64,13 @@ pub async fn serve(
     let address = listener.local_addr().context("listener has no address")?;
     // Before anything is counted.
     telemetry::prometheus();
+    let media = MediaEngine::start(&MediaSettings::from_config(&config)?)?;
     let rooms = Registry::new(RoomSettings {
         limits: Arc::new(config.limits.clone()),
-        rtc: Arc::new(RtcSettings::from_config(&config)),
+        media: media.clone(),
         test_hooks: config.test_hooks.clone(),
         turn: TurnServers::from_config(&config),
         join_secret: config.join_secret.as_deref().map(JoinSecret::new),
-        start_endpoint: EndpointHandle::spawn,
     });
     let tls = tls::acceptor(&config).context("cannot set up HTTPS")?;
     let app = http::router(&config, rooms.clone());
@@ -94,5 +97,9 @@ pub async fn serve(
     if tokio::time::timeout(SHUTDOWN_GRACE, closing).await.is_err() {
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}; leaving them");
     }
+    // The peers were told; their media connections close with the workers.
+    tokio::task::spawn_blocking(move || media.stop(MEDIA_STOP_GRACE))
+        .await
+        .context("stopping the media workers")?;
     Ok(())
 }

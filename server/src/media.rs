@@ -1,16 +1,21 @@
-//! The media side: everything that touches RTP. It never imports the signaling side; the room
-//! drives it through an [`endpoint::EndpointHandle`] and hears back through
-//! [`endpoint::EndpointReport`]s.
-//! - [`endpoint`]: one per peer, its WebRTC peer connection, started at the peer's first offer;
-//! - [`forward`]: a published track's fan-out to its subscribers' down-tracks, which
-//!   [`rewrite`] numbers for their own leg; incoming RTP goes there straight from the
-//!   publisher's endpoint, never through the room;
+//! The media side: everything that touches RTP. It never imports the signaling side; a room
+//! drives it through its [`engine::RoomMedia`] and each peer's [`engine::EndpointHandle`], and
+//! hears back through [`engine::EndpointReport`]s.
+//! - [`engine`]: the worker threads and the handles rooms hold; commands in, reports out;
+//! - [`worker`]: one thread's event loop over its shared UDP socket ([`udp`]), the datagrams
+//!   routed to connections by [`demux`], the forwarding from publishers to subscribers;
+//! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
+//! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
-//!   [`webrtc_setup`] the media engine and interceptors every peer connection uses.
+//!   [`setup`] the codecs and interceptors every peer connection uses.
 
 pub mod codec;
+pub mod demux;
+pub mod down_track;
 pub(crate) mod endpoint;
-pub mod forward;
+pub mod engine;
 mod rewrite;
 pub(crate) mod sdp;
-pub mod webrtc_setup;
+pub mod setup;
+mod udp;
+mod worker;

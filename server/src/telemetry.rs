@@ -13,6 +13,10 @@ use crate::signaling::registry::Counts;
 pub const FORWARDED_PACKETS: &str = "videoroom_forwarded_packets_total";
 pub const FORWARDED_BYTES: &str = "videoroom_forwarded_bytes_total";
 pub const KEYFRAME_REQUESTS: &str = "videoroom_keyframe_requests_total";
+pub const MEDIA_DATAGRAMS_RECEIVED: &str = "videoroom_media_datagrams_received_total";
+pub const MEDIA_DATAGRAMS_UNROUTED: &str = "videoroom_media_datagrams_unrouted_total";
+pub const MEDIA_DATAGRAMS_SENT: &str = "videoroom_media_datagrams_sent_total";
+pub const MEDIA_DATAGRAMS_DROPPED: &str = "videoroom_media_datagrams_dropped_total";
 pub const LIMIT_REFUSALS: &str = "videoroom_limit_refusals_total";
 pub const SOCKETS_OPENED: &str = "videoroom_sockets_opened_total";
 pub const JOIN_SECONDS: &str = "videoroom_join_seconds";
@@ -42,6 +46,19 @@ fn describe() {
     metrics::describe_counter!(
         KEYFRAME_REQUESTS,
         "keyframe requests (PLI) sent to publishers"
+    );
+    metrics::describe_counter!(
+        MEDIA_DATAGRAMS_RECEIVED,
+        "UDP datagrams the media workers received"
+    );
+    metrics::describe_counter!(
+        MEDIA_DATAGRAMS_UNROUTED,
+        "received UDP datagrams that belonged to no peer connection"
+    );
+    metrics::describe_counter!(MEDIA_DATAGRAMS_SENT, "UDP datagrams the media workers sent");
+    metrics::describe_counter!(
+        MEDIA_DATAGRAMS_DROPPED,
+        "UDP datagrams the kernel refused (a full buffer, an unreachable address): dropped, never waited for"
     );
     metrics::describe_counter!(LIMIT_REFUSALS, "requests refused by a limit, by its flag");
     metrics::describe_counter!(SOCKETS_OPENED, "signaling sockets opened");

@@ -27,6 +27,7 @@ fn static_dir(name: &str) -> PathBuf {
 async fn start(name: &str) -> String {
     let config = server::Config {
         static_dir: Some(static_dir(name)),
+        media_port: 0,
         ..server::Config::defaults()
     };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -95,7 +96,10 @@ async fn the_built_in_client_is_served_without_a_static_dir() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::serve(
         listener,
-        server::Config::defaults(),
+        server::Config {
+            media_port: 0,
+            ..server::Config::defaults()
+        },
         std::future::pending(),
     ));
     let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");

@@ -57,6 +57,7 @@ async fn a_certificate_from_pem_files_serves_https() {
     let port = start(server::Config {
         tls_cert: Some(cert),
         tls_key: Some(key),
+        media_port: 0,
         ..server::Config::defaults()
     })
     .await;
@@ -134,6 +135,7 @@ impl ServerCertVerifier for Shown {
 async fn a_self_signed_certificate_is_made_for_localhost() {
     let port = start(server::Config {
         tls_self_signed: true,
+        media_port: 0,
         ..server::Config::defaults()
     })
     .await;

@@ -36,7 +36,8 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// The server with its defaults (media on loopback), serving `dist/` if it was built.
+    /// The server with its defaults (media on loopback, free ports), serving `dist/` if it was
+    /// built.
     pub async fn start() -> anyhow::Result<TestServer> {
         Self::start_with(server::Config::defaults()).await
     }
@@ -61,7 +62,13 @@ impl TestServer {
         })
     }
 
+    /// `config`'s server on a free port, its media workers on free UDP ports (tests run many
+    /// servers at once).
     pub async fn start_with(config: server::Config) -> anyhow::Result<TestServer> {
+        let config = server::Config {
+            media_port: 0,
+            ..config
+        };
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();

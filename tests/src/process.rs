@@ -38,8 +38,8 @@ impl ServerProcess {
         )
     }
 
-    /// Starts `binary` with `args` (beside `--port`, and `--log error` unless `args` set a log
-    /// filter) and waits until it answers `/health`.
+    /// Starts `binary` with `args` (beside `--port`, `--media-port 0` and `--log error` unless
+    /// `args` set them) and waits until it answers `/health`.
     pub async fn spawn(binary: &Path, args: &[&str]) -> anyhow::Result<ServerProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -48,6 +48,10 @@ impl ServerProcess {
         command.args(["--port", &port.to_string()]);
         if !args.contains(&"--log") {
             command.args(["--log", "error"]);
+        }
+        // Free UDP ports: tests run many servers at once.
+        if !args.contains(&"--media-port") {
+            command.args(["--media-port", "0"]);
         }
         let child = command
             .args(args)

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
 };
@@ -28,7 +31,7 @@ use shared::server_event::{OfferData, SdpAnswer};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
 use server::media::codec::Codec;
-use server::media::webrtc_setup::{codec, rtp_track, ConnectionEvent, EventsToChannel};
+use server::media::setup::{codec, is_keyframe_request, media_and_interceptors};
 
 use crate::phoenix::{Channel, PhoenixClient};
 use tokio::sync::mpsc;
@@ -37,8 +40,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// What a synthetic peer publishes, and how.
@@ -482,7 +485,7 @@ impl Client {
     }
 
     async fn connect(&mut self) -> anyhow::Result<()> {
-        let (media, interceptors) = server::media::webrtc_setup::media_and_interceptors()?;
+        let (media, interceptors) = media_and_interceptors()?;
         let (events, event_rx) = mpsc::unbounded_channel();
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
@@ -583,7 +586,6 @@ impl Client {
                     self.joined_at,
                 )));
             }
-            ConnectionEvent::State(_) => {}
         }
         Ok(())
     }
@@ -626,7 +628,7 @@ async fn watch_keyframe_requests(
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
             if packets
                 .iter()
-                .any(|packet| server::media::webrtc_setup::is_keyframe_request(packet.as_ref()))
+                .any(|packet| is_keyframe_request(packet.as_ref()))
             {
                 sent.keyframe_requests.fetch_add(1, Ordering::Relaxed);
                 keyframe_wanted.store(true, Ordering::Relaxed);
@@ -885,6 +887,60 @@ async fn receive_track(
             _ => {}
         }
     }
+}
+
+/// What a peer connection reports to its owner.
+enum ConnectionEvent {
+    /// A local ICE candidate, as `candidate:…`.
+    LocalCandidate(String),
+    /// A remote track started (its first packet arrived).
+    Track(Arc<dyn TrackRemote>),
+}
+
+/// Sends the connection's events to a channel. The callbacks run on the connection's driver
+/// task, so they only hand over; the owner's task does the work.
+struct EventsToChannel(mpsc::UnboundedSender<ConnectionEvent>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for EventsToChannel {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.0.send(ConnectionEvent::LocalCandidate(init.candidate));
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.0.send(ConnectionEvent::Track(track));
+    }
+}
+
+/// A local track to send RTP on, in `codec`, with its own SSRC: without an explicit SSRC the
+/// sender would pick one this track never learns, and without a codec the sender would not be
+/// bound to the interceptors (no NACK responses, no sender reports). Tracks with the same
+/// `stream_id` share an `a=msid` stream.
+fn rtp_track(
+    stream_id: String,
+    track_id: String,
+    kind: RtpCodecKind,
+    ssrc: u32,
+    codec: RTCRtpCodec,
+) -> Arc<TrackLocalStaticRTP> {
+    let encoding = RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        active: true,
+        codec,
+        ..Default::default()
+    };
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id,
+        track_id.clone(),
+        track_id,
+        kind,
+        vec![encoding],
+    )))
 }
 
 #[cfg(test)]

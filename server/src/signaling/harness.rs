@@ -1,6 +1,6 @@
 //! A room driven without sockets, tasks or a clock of its own: the fuzzer feeds it client
 //! events and endpoint news, and the room's unit tests read what each peer is told. Its
-//! endpoints are [`EndpointHandle::unattended`] and its outboxes plain queues; time passes only
+//! media engine is [`MediaEngine::unattended`] and its outboxes plain queues; time passes only
 //! when [`RoomHarness::expire_offers`] says so.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::limits::{Limits, Quota};
-use crate::media::endpoint::{EndpointEvent, EndpointHandle, EndpointReport, RtcSettings};
+use crate::media::engine::{EndpointEvent, EndpointReport, MediaEngine};
 use crate::signaling::outbox::{Delivery, Outbox};
 use crate::signaling::room::{JoinRefused, Room, RoomMessage, RoomSettings};
 use crate::test_hooks::TestHooks;
@@ -25,7 +25,7 @@ pub struct RoomHarness {
     peers: Vec<HarnessPeer>,
     seats: Arc<Quota>,
     /// What unattended endpoints would report: nothing, as the harness reports for them.
-    _reports: mpsc::Receiver<EndpointReport>,
+    _reports: mpsc::UnboundedReceiver<EndpointReport>,
 }
 
 struct HarnessPeer {
@@ -48,11 +48,10 @@ impl RoomHarness {
         let limits = Arc::new(config.limits.clone());
         let settings = RoomSettings {
             limits: limits.clone(),
-            rtc: Arc::new(RtcSettings::from_config(config)),
+            media: MediaEngine::unattended(config.limits.max_peers_total),
             test_hooks: hooks.then(TestHooks::default),
             turn: TurnServers::from_config(config),
             join_secret: None,
-            start_endpoint: EndpointHandle::unattended,
         };
         let id = RoomId::new("harness").expect("a valid room name");
         let (room, reports) = Room::new(id, Arc::new(settings));

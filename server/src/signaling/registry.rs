@@ -162,7 +162,7 @@ impl Registry {
         Counts {
             rooms: self.inner.open_rooms.used(),
             peers: self.inner.joined_peers.used(),
-            peer_connections: self.inner.settings.rtc.peer_connections.used(),
+            peer_connections: self.inner.settings.media.peer_connections(),
         }
     }
 

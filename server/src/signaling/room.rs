@@ -26,11 +26,10 @@ use tokio::time::{sleep_until, Instant};
 use crate::access::JoinSecret;
 use crate::limits::{LimitExceeded, Limits, QuotaGuard};
 use crate::media::codec::MediaKind;
-use crate::media::endpoint::{
-    EndpointBusy, EndpointEvent, EndpointHandle, EndpointReport, Negotiation, Reports, RtcSettings,
-    Subscription, REPORTS_CAPACITY,
+use crate::media::engine::{
+    EndpointBusy, EndpointEvent, EndpointHandle, EndpointReport, MediaEngine, Negotiation, Reports,
+    RoomMedia, Subscription,
 };
-use crate::media::forward::Fanout;
 use crate::media::sdp::{self, Direction};
 use crate::signaling::outbox::Outbox;
 use crate::test_hooks::{PanicSite, TestHooks};
@@ -68,18 +67,14 @@ pub enum JoinRefused {
 /// What every room of the server shares.
 pub struct RoomSettings {
     pub limits: Arc<Limits>,
-    pub rtc: Arc<RtcSettings>,
+    /// The media workers rooms are placed on.
+    pub media: Arc<MediaEngine>,
     pub test_hooks: Option<TestHooks>,
     /// The TURN servers and credentials each peer is handed.
     pub turn: TurnServers,
     /// With access control on, what checks join tokens.
     pub join_secret: Option<JoinSecret>,
-    /// How a peer's endpoint is started: [`EndpointHandle::spawn`], or
-    /// [`EndpointHandle::unattended`] when the room is driven without sockets.
-    pub start_endpoint: StartEndpoint,
 }
-
-pub type StartEndpoint = fn(PeerId, Arc<RtcSettings>, Reports) -> Result<EndpointHandle, String>;
 
 /// The way to a room's task.
 #[derive(Clone)]
@@ -135,6 +130,8 @@ pub(crate) struct Room {
     settings: Arc<RoomSettings>,
     /// Given to endpoints, so they can report to the room.
     reports: Reports,
+    /// The media worker the room is placed on.
+    media: RoomMedia,
     peers: BTreeMap<PeerId, Peer>,
     tracks: BTreeMap<TrackId, Track>,
 }
@@ -180,7 +177,6 @@ struct Track {
     owner: PeerId,
     kind: MediaKind,
     metadata: Metadata,
-    fanout: Arc<Fanout>,
 }
 
 /// Why a peer is removed from the room (a bad offer, a limit, a failed connection), told to it
@@ -216,12 +212,14 @@ impl Room {
     pub(crate) fn new(
         id: RoomId,
         settings: Arc<RoomSettings>,
-    ) -> (Room, mpsc::Receiver<EndpointReport>) {
-        let (reports, receiver) = mpsc::channel(REPORTS_CAPACITY);
+    ) -> (Room, mpsc::UnboundedReceiver<EndpointReport>) {
+        let (reports, receiver) = mpsc::unbounded_channel();
+        let media = settings.media.place_room();
         let room = Room {
             id,
             settings,
             reports,
+            media,
             peers: BTreeMap::new(),
             tracks: BTreeMap::new(),
         };
@@ -231,7 +229,7 @@ impl Room {
     async fn run(
         mut self,
         mut mailbox: Mailbox,
-        mut reports: mpsc::Receiver<EndpointReport>,
+        mut reports: mpsc::UnboundedReceiver<EndpointReport>,
         on_close: impl FnOnce(),
     ) {
         tracing::info!(room = %self.id, "room opened");
@@ -542,13 +540,10 @@ impl Room {
             };
         peer.candidates = 0;
         if peer.endpoint.is_none() {
-            let start = self.settings.start_endpoint;
-            let endpoint = start(
-                peer_id.clone(),
-                self.settings.rtc.clone(),
-                self.reports.clone(),
-            )
-            .map_err(PeerFault)?;
+            let endpoint = self
+                .media
+                .add_endpoint(peer_id.clone(), self.reports.clone())
+                .map_err(PeerFault)?;
             peer.endpoint = Some(endpoint);
         }
         let early_candidates = std::mem::take(&mut peer.early_candidates);
@@ -583,7 +578,6 @@ impl Room {
                     owner: peer_id.clone(),
                     kind: *kind,
                     metadata: metadata.clone(),
-                    fanout: Fanout::new(track_id.clone(), *kind),
                 });
             track.metadata = metadata;
         }
@@ -592,7 +586,7 @@ impl Room {
             offer: offer.sdp_offer.sdp,
             publish: published
                 .iter()
-                .map(|(mid, (track_id, _))| (mid.clone(), self.tracks[track_id].fanout.clone()))
+                .map(|(mid, (track_id, kind))| (mid.clone(), track_id.clone(), *kind))
                 .collect(),
             subscribe: offered
                 .iter()
@@ -602,7 +596,6 @@ impl Room {
                         track_id: track_id.clone(),
                         kind: track.kind,
                         stream_id: track.owner.to_string(),
-                        fanout: track.fanout.clone(),
                     })
                 })
                 .collect(),

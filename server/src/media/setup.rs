@@ -1,98 +1,33 @@
 //! How every peer connection of videoroom is set up, the server's and the synthetic test and
-//! load peers' alike: the codecs, the interceptors that bring keyframe requests to the app, and
-//! the handler that turns the connection's callbacks into messages for the task that owns it.
+//! load peers' alike: the codecs of the table in [`crate::media::codec`] with their feedback,
+//! the interceptors (NACK, RTCP reports, transport-wide congestion control), and the one of
+//! ours that brings keyframe requests to the application.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
+use rtc::interceptor::Registry;
 use rtc::interceptor::{
     Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
 };
-use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_remote::TrackRemote;
-use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnectionEventHandler,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry,
-};
 
 use crate::media::codec::{MediaKind, CODECS};
 
-/// What a peer connection reports to its owner.
-pub enum ConnectionEvent {
-    /// A local ICE candidate, as `candidate:…`.
-    LocalCandidate(String),
-    /// A remote track started (its first packet arrived).
-    Track(Arc<dyn TrackRemote>),
-    State(RTCPeerConnectionState),
-}
-
-/// Sends the connection's events to a channel. The callbacks run on the connection's driver
-/// task, so they only hand over; the owner's task does the work.
-pub struct EventsToChannel(pub mpsc::UnboundedSender<ConnectionEvent>);
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for EventsToChannel {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            let _ = self.0.send(ConnectionEvent::LocalCandidate(init.candidate));
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.0.send(ConnectionEvent::State(state));
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.0.send(ConnectionEvent::Track(track));
-    }
-}
-
 /// The codecs and interceptors for one peer connection.
-pub fn media_and_interceptors() -> webrtc::error::Result<(MediaEngine, Registry)> {
+pub fn media_and_interceptors() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     let mut media = media_engine()?;
     let interceptors = register_default_interceptors(Registry::new(), &mut media)?
         // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
         .with(Slot::from(14_000), KeyframeRequestsToApp::default());
     Ok((media, interceptors))
-}
-
-/// A local track to send RTP on, in `codec`, with its own SSRC: without an explicit SSRC the
-/// sender would pick one this track never learns, and without a codec the sender would not be
-/// bound to the interceptors (no NACK responses, no sender reports). Tracks with the same
-/// `stream_id` share an `a=msid` stream.
-pub fn rtp_track(
-    stream_id: String,
-    track_id: String,
-    kind: RtpCodecKind,
-    ssrc: u32,
-    codec: RTCRtpCodec,
-) -> Arc<TrackLocalStaticRTP> {
-    let encoding = RTCRtpEncodingParameters {
-        rtp_coding_parameters: RTCRtpCodingParameters {
-            ssrc: Some(ssrc),
-            ..Default::default()
-        },
-        active: true,
-        codec,
-        ..Default::default()
-    };
-    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        stream_id,
-        track_id.clone(),
-        track_id,
-        kind,
-        vec![encoding],
-    )))
 }
 
 /// Whether an RTCP packet asks for a keyframe (PLI or FIR).
@@ -143,7 +78,7 @@ fn codecs() -> Vec<(RtpCodecKind, u8, RTCRtpCodec)> {
     codecs
 }
 
-fn media_engine() -> webrtc::error::Result<MediaEngine> {
+fn media_engine() -> rtc::shared::error::Result<MediaEngine> {
     let mut media = MediaEngine::default();
     for (kind, payload_type, rtp_codec) in codecs() {
         media.register_codec(

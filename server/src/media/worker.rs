@@ -1,0 +1,951 @@
+//! A media worker: one thread, one UDP socket, and every peer connection of the rooms placed
+//! on it. A plain event loop takes datagrams by the batch, routes each to its connection
+//! ([`crate::media::demux`]), forwards the RTP that comes out of a publisher's connection into
+//! each subscriber's connection through its [`DownTrack`], and sends what the turn produced in
+//! one batch ([`crate::media::udp`]). A room's packets never leave this thread: no task hop,
+//! lock or channel per packet. Commands from the rooms (negotiate, candidate, remove) arrive on
+//! a channel between batches; what the worker has to say goes back as endpoint reports.
+//!
+//! A panic while handling one endpoint's command or datagram is caught: that endpoint is
+//! dropped and reported failed, and the others on the worker carry on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
+    RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use shared::TrackId;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+
+use crate::media::codec::{Codec, MediaKind};
+use crate::media::demux::{Demux, EndpointKey};
+use crate::media::down_track::{header_for_leg, DownTrack};
+use crate::media::endpoint::{self, Endpoint, PublicationKey, Subscribed};
+use crate::media::engine::{
+    Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription,
+};
+use crate::media::udp::MediaSocket;
+use crate::media::{sdp, setup};
+use crate::telemetry;
+
+/// How often every connection's timers are looked at.
+const TICK: Duration = Duration::from_millis(10);
+/// A connection's timers are run at least this often, whatever it last said it needs (sending
+/// RTP on it can arm timers it is not asked about).
+const LONGEST_TIMER: Duration = Duration::from_millis(250);
+/// Batches read before the turn's sends go out and commands are looked at again.
+const BATCHES_PER_TURN: usize = 8;
+/// A publisher may be asked for a keyframe this often at most; requests in between wait.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(crate) struct WorkerSettings {
+    /// The address the worker's candidate names.
+    pub candidate: SocketAddr,
+    pub ice_timeout: Duration,
+}
+
+/// Runs a worker on this thread until the engine stops it or every room is gone.
+pub(crate) fn run(
+    socket: UdpSocket,
+    settings: WorkerSettings,
+    commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(%err, "a media worker cannot start");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let socket = match MediaSocket::new(socket) {
+            Ok(socket) => socket,
+            Err(err) => {
+                tracing::error!(%err, "a media worker cannot use its socket");
+                return;
+            }
+        };
+        let candidate = match endpoint::host_candidate(settings.candidate) {
+            Ok(candidate) => candidate,
+            Err(reason) => {
+                tracing::error!(%reason, "a media worker cannot start");
+                return;
+            }
+        };
+        let mut worker = Worker {
+            socket,
+            media: Media::new(settings, candidate),
+        };
+        worker.run(commands).await;
+    });
+}
+
+struct Worker {
+    socket: MediaSocket,
+    media: Media,
+}
+
+impl Worker {
+    async fn run(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut next_tick = tokio::time::Instant::now() + TICK;
+        loop {
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(Command::Stop) | None => break,
+                    Some(command) => self.media.on_command(command, Instant::now()),
+                },
+                readable = self.socket.readable() => {
+                    if let Err(err) = readable {
+                        tracing::error!(%err, "the media socket failed");
+                        break;
+                    }
+                    self.receive();
+                }
+                () = sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now() + TICK;
+                    self.media.on_tick(Instant::now());
+                }
+            }
+            self.send();
+        }
+        self.media.close_all();
+        self.send();
+    }
+
+    fn receive(&mut self) {
+        let Worker { socket, media } = self;
+        for _ in 0..BATCHES_PER_TURN {
+            let now = Instant::now();
+            match socket.receive(|from, datagram| media.on_datagram(from, datagram, now)) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%err, "media receive");
+                    break;
+                }
+            }
+        }
+        media.send_keyframe_requests(Instant::now());
+    }
+
+    /// Collects what every touched connection has to send, and sends it.
+    fn send(&mut self) {
+        let Worker { socket, media } = self;
+        for (to, datagram) in media.farewells.drain(..) {
+            socket.queue(to, datagram);
+        }
+        for key in media.dirty.drain(..) {
+            let Some(endpoint) = media.endpoints.get_mut(&key) else {
+                continue;
+            };
+            endpoint.dirty = false;
+            while let Some(datagram) = endpoint.pc.poll_write() {
+                socket.queue(datagram.transport.peer_addr, datagram.message);
+            }
+        }
+        if socket.queued() > 0 {
+            let sent = socket.flush();
+            media.counters.sent.increment(sent.datagrams);
+            media.counters.dropped.increment(sent.dropped);
+        }
+    }
+}
+
+/// `/metrics` handles, made once so counting is an atomic add.
+struct Counters {
+    forwarded_packets: metrics::Counter,
+    forwarded_bytes: metrics::Counter,
+    keyframe_requests: metrics::Counter,
+    received: metrics::Counter,
+    unrouted: metrics::Counter,
+    sent: metrics::Counter,
+    dropped: metrics::Counter,
+}
+
+/// One published track on the worker: its subscribers' legs and its keyframe requests.
+struct Publication {
+    track_id: TrackId,
+    room: RoomKey,
+    publisher: EndpointKey,
+    kind: MediaKind,
+    /// The codec the publisher sends in, once its answer settled it.
+    codec: Option<Codec>,
+    /// The publisher's receiver and the SSRC its packets came with, once they came.
+    receiver: Option<(RTCRtpReceiverId, u32)>,
+    legs: Vec<Leg>,
+    keyframe_wanted: bool,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// A subscriber's leg of a publication.
+struct Leg {
+    subscriber: EndpointKey,
+    sender: RTCRtpSenderId,
+    down_track: DownTrack,
+}
+
+impl Publication {
+    fn codec(&self) -> Codec {
+        self.codec.unwrap_or_else(|| Codec::usual(self.kind))
+    }
+}
+
+/// Everything of a worker but its socket.
+struct Media {
+    settings: WorkerSettings,
+    candidate: RTCIceCandidateInit,
+    endpoints: HashMap<EndpointKey, Endpoint>,
+    publications: HashMap<PublicationKey, Publication>,
+    /// Each room's publications by track id.
+    rooms: HashMap<RoomKey, HashMap<TrackId, PublicationKey>>,
+    next_publication: PublicationKey,
+    demux: Demux,
+    /// Endpoints with datagrams to collect.
+    dirty: Vec<EndpointKey>,
+    /// Publications whose publisher is to be asked for a keyframe.
+    keyframes_wanted: Vec<PublicationKey>,
+    /// The last datagrams of connections closed this turn.
+    farewells: Vec<(SocketAddr, BytesMut)>,
+    counters: Counters,
+}
+
+impl Media {
+    fn new(settings: WorkerSettings, candidate: RTCIceCandidateInit) -> Media {
+        Media {
+            settings,
+            candidate,
+            endpoints: HashMap::new(),
+            publications: HashMap::new(),
+            rooms: HashMap::new(),
+            next_publication: 0,
+            demux: Demux::default(),
+            dirty: Vec::new(),
+            keyframes_wanted: Vec::new(),
+            farewells: Vec::new(),
+            counters: Counters {
+                forwarded_packets: metrics::counter!(telemetry::FORWARDED_PACKETS),
+                forwarded_bytes: metrics::counter!(telemetry::FORWARDED_BYTES),
+                keyframe_requests: metrics::counter!(telemetry::KEYFRAME_REQUESTS),
+                received: metrics::counter!(telemetry::MEDIA_DATAGRAMS_RECEIVED),
+                unrouted: metrics::counter!(telemetry::MEDIA_DATAGRAMS_UNROUTED),
+                sent: metrics::counter!(telemetry::MEDIA_DATAGRAMS_SENT),
+                dropped: metrics::counter!(telemetry::MEDIA_DATAGRAMS_DROPPED),
+            },
+        }
+    }
+
+    fn mark_dirty(dirty: &mut Vec<EndpointKey>, key: EndpointKey, endpoint: &mut Endpoint) {
+        if !endpoint.dirty {
+            endpoint.dirty = true;
+            dirty.push(key);
+        }
+    }
+
+    /// Runs `work` for endpoint `key`; a panic in it drops the endpoint and reports it failed.
+    fn guarded(&mut self, key: EndpointKey, work: impl FnOnce(&mut Media)) {
+        if catch_unwind(AssertUnwindSafe(|| work(self))).is_err() {
+            tracing::error!(endpoint = key, "a media endpoint panicked; dropping it");
+            if let Some(endpoint) = self.endpoints.get(&key) {
+                endpoint.report(EndpointEvent::Failed("internal server error".to_owned()));
+            }
+            self.remove_endpoint(key);
+        }
+    }
+
+    fn on_command(&mut self, command: Command, now: Instant) {
+        let key = match &command {
+            Command::AddEndpoint { key, .. }
+            | Command::Negotiate { key, .. }
+            | Command::RemoteCandidate { key, .. }
+            | Command::RemoveEndpoint { key }
+            | Command::Panic { key } => *key,
+            Command::Stop => return,
+        };
+        if let Some(endpoint) = self.endpoints.get(&key) {
+            if !matches!(
+                command,
+                Command::AddEndpoint { .. } | Command::RemoveEndpoint { .. }
+            ) {
+                endpoint.took_command();
+            }
+        }
+        self.guarded(key, |media| match command {
+            Command::AddEndpoint {
+                key,
+                room,
+                peer_id,
+                reports,
+                pending,
+            } => {
+                let made = Endpoint::new(
+                    room,
+                    peer_id.clone(),
+                    reports.clone(),
+                    pending,
+                    &media.candidate,
+                    now,
+                );
+                match made {
+                    Ok(endpoint) => {
+                        media.rooms.entry(room).or_default();
+                        media.endpoints.insert(key, endpoint);
+                    }
+                    Err(reason) => {
+                        tracing::error!(%reason, "cannot create a peer connection");
+                        let event = EndpointEvent::Failed(reason);
+                        let _ = reports.send(EndpointReport { peer_id, event });
+                    }
+                }
+            }
+            Command::Negotiate { key, negotiation } => media.negotiate(key, negotiation, now),
+            Command::RemoteCandidate { key, candidate } => {
+                if let Some(endpoint) = media.endpoints.get_mut(&key) {
+                    endpoint.add_remote_candidate(candidate);
+                }
+            }
+            Command::RemoveEndpoint { key } => media.remove_endpoint(key),
+            Command::Panic { key } => panic!("test hook: a panic in media endpoint {key}"),
+            Command::Stop => {}
+        });
+    }
+
+    fn negotiate(&mut self, key: EndpointKey, negotiation: Negotiation, now: Instant) {
+        if let Err(reason) = self.try_negotiate(key, negotiation, now) {
+            if let Some(endpoint) = self.endpoints.get(&key) {
+                endpoint.report(EndpointEvent::Failed(reason));
+            }
+        }
+        self.after_input(key, now);
+    }
+
+    fn try_negotiate(
+        &mut self,
+        key: EndpointKey,
+        negotiation: Negotiation,
+        now: Instant,
+    ) -> Result<(), String> {
+        let Some(room) = self.endpoints.get(&key).map(|endpoint| endpoint.room) else {
+            return Ok(());
+        };
+        self.set_published(key, room, &negotiation.publish);
+
+        let wanted: BTreeSet<&TrackId> =
+            negotiation.subscribe.iter().map(|s| &s.track_id).collect();
+        let unwanted: Vec<TrackId> = self.endpoints[&key]
+            .subscriptions
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .cloned()
+            .collect();
+        for track_id in unwanted {
+            self.unsubscribe(key, &track_id);
+        }
+        // Each new track gets a sendonly transceiver before the offer is applied: applying it
+        // gives each new recvonly m-line the next such transceiver of its kind.
+        for subscription in negotiation.subscribe {
+            if !self.endpoints[&key]
+                .subscriptions
+                .contains_key(&subscription.track_id)
+            {
+                self.subscribe(key, room, subscription)?;
+            }
+        }
+
+        let endpoint = self.endpoints.get_mut(&key).expect("checked above");
+        let offer = RTCSessionDescription::offer(negotiation.offer)
+            .map_err(|err| format!("the offer is not valid SDP: {err}"))?;
+        endpoint
+            .pc
+            .set_remote_description(now, offer)
+            .map_err(|err| format!("cannot apply the offer: {err}"))?;
+        for candidate in std::mem::take(&mut endpoint.early_candidates) {
+            endpoint.add_remote_candidate(candidate);
+        }
+        silence_unused_slots(endpoint);
+        let answer = endpoint
+            .pc
+            .create_answer(None)
+            .map_err(|err| format!("cannot answer the offer: {err}"))?;
+        endpoint
+            .pc
+            .set_local_description(now, answer)
+            .map_err(|err| format!("cannot apply the answer: {err}"))?;
+        let sdp = endpoint
+            .pc
+            .local_description()
+            .map(|description| description.sdp)
+            .ok_or("the answer vanished")?;
+        if let Some(ufrag) = endpoint::ice_ufrag(&sdp) {
+            self.demux.add_ufrag(key, ufrag);
+        }
+
+        self.learn_published_codecs(key, &sdp);
+        let sending = self.start_sending(key);
+        let endpoint = self.endpoints.get_mut(&key).expect("checked above");
+        endpoint.report(EndpointEvent::Answer { sdp, sending });
+        endpoint.answered = true;
+        if !endpoint.connected {
+            endpoint.connect_due = Some(now + self.settings.ice_timeout);
+        }
+        endpoint.report(EndpointEvent::Candidate(self.candidate.candidate.clone()));
+        Ok(())
+    }
+
+    /// Makes the publications of `key` those of `publish` (mid, track, kind): new ones are
+    /// opened, ones it no longer sends are closed with their legs.
+    fn set_published(
+        &mut self,
+        key: EndpointKey,
+        room: RoomKey,
+        publish: &[(String, TrackId, MediaKind)],
+    ) {
+        let tracks = self.rooms.entry(room).or_default();
+        let mut published = BTreeMap::new();
+        for (mid, track_id, kind) in publish {
+            let publication = match tracks.get(track_id) {
+                Some(&existing) if self.publications[&existing].publisher == key => existing,
+                _ => {
+                    let new = self.next_publication;
+                    self.next_publication += 1;
+                    self.publications.insert(
+                        new,
+                        Publication {
+                            track_id: track_id.clone(),
+                            room,
+                            publisher: key,
+                            kind: *kind,
+                            codec: None,
+                            receiver: None,
+                            legs: Vec::new(),
+                            keyframe_wanted: false,
+                            last_keyframe_request: None,
+                        },
+                    );
+                    tracks.insert(track_id.clone(), new);
+                    new
+                }
+            };
+            published.insert(mid.clone(), publication);
+        }
+        let endpoint = self.endpoints.get_mut(&key).expect("the caller checked it");
+        let old = std::mem::replace(&mut endpoint.published, published);
+        let kept: BTreeSet<PublicationKey> = endpoint.published.values().copied().collect();
+        endpoint
+            .incoming
+            .retain(|_, publication| kept.contains(publication));
+        for publication in old.into_values().filter(|p| !kept.contains(p)) {
+            self.close_publication(publication);
+        }
+    }
+
+    fn close_publication(&mut self, key: PublicationKey) {
+        if let Some(publication) = self.publications.remove(&key) {
+            if let Some(tracks) = self.rooms.get_mut(&publication.room) {
+                if tracks.get(&publication.track_id) == Some(&key) {
+                    tracks.remove(&publication.track_id);
+                }
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        key: EndpointKey,
+        room: RoomKey,
+        subscription: Subscription,
+    ) -> Result<(), String> {
+        let Some(&publication) = self
+            .rooms
+            .get(&room)
+            .and_then(|tracks| tracks.get(&subscription.track_id))
+        else {
+            // Its publisher's negotiation failed or it left meanwhile: the room tells the peer.
+            return Ok(());
+        };
+        let codec = self.publications[&publication].codec();
+        let ssrc = rand::random::<u32>();
+        let kind = match subscription.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        // In the publisher's codec, so the leg negotiates it and the sender's NACK responder
+        // and reports are bound.
+        let encoding = RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            active: true,
+            codec: setup::codec(codec.mime()).ok_or("a forwarded codec is not registered")?,
+            ..Default::default()
+        };
+        let track = rtc::media_stream::MediaStreamTrack::new(
+            subscription.stream_id,
+            subscription.track_id.to_string(),
+            subscription.track_id.to_string(),
+            kind,
+            vec![encoding],
+        );
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        let endpoint = self.endpoints.get_mut(&key).expect("the caller checked it");
+        let transceiver = endpoint
+            .pc
+            .add_transceiver_from_track(track, Some(init))
+            .map_err(|err| format!("cannot add a track to send: {err}"))?;
+        endpoint.subscriptions.insert(
+            subscription.track_id,
+            Subscribed {
+                publication,
+                kind: subscription.kind,
+                transceiver,
+                sender: RTCRtpSenderId::from(transceiver),
+                ssrc,
+                mid: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, key: EndpointKey, track_id: &TrackId) {
+        let Some(endpoint) = self.endpoints.get_mut(&key) else {
+            return;
+        };
+        let Some(subscribed) = endpoint.subscriptions.remove(track_id) else {
+            return;
+        };
+        if let Some(mut transceiver) = endpoint.pc.rtp_transceiver(subscribed.transceiver) {
+            transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
+        }
+        if let Some(mid) = subscribed.mid {
+            endpoint.stopped.insert(mid, track_id.clone());
+        }
+        if let Some(publication) = self.publications.get_mut(&subscribed.publication) {
+            publication.legs.retain(|leg| leg.subscriber != key);
+        }
+    }
+
+    /// Notes each published track's codec: the first our answer lists on its m-line.
+    /// Subscribers that negotiate from now on ask for that codec.
+    fn learn_published_codecs(&mut self, key: EndpointKey, answer: &str) {
+        let endpoint = &self.endpoints[&key];
+        for section in sdp::media_sections(answer) {
+            let publication = section
+                .mid
+                .as_ref()
+                .and_then(|mid| endpoint.published.get(mid));
+            let codec = section
+                .codecs
+                .first()
+                .and_then(|name| Codec::from_sdp_name(name));
+            if let (Some(publication), Some(codec)) = (publication, codec) {
+                if let Some(publication) = self.publications.get_mut(publication) {
+                    publication.codec.get_or_insert(codec);
+                }
+            }
+        }
+    }
+
+    /// After an answer: learns each subscription's mid and payload types and starts forwarding
+    /// to new ones. Returns what the answer sends, by mid.
+    fn start_sending(&mut self, key: EndpointKey) -> BTreeMap<String, TrackId> {
+        let mut unplaced = Vec::new();
+        let endpoint = self.endpoints.get_mut(&key).expect("the caller checked it");
+        for (track_id, subscribed) in &mut endpoint.subscriptions {
+            let mid = endpoint
+                .pc
+                .rtp_transceiver(subscribed.transceiver)
+                .and_then(|transceiver| transceiver.mid().clone());
+            let Some(mid) = mid else {
+                // The offer had no m-line left for it (a client that offered fewer slots than
+                // `tracksTypes` asked for): it is dropped, and the answer does not name it.
+                unplaced.push(track_id.clone());
+                continue;
+            };
+            let payload_types: Vec<(Codec, u8)> = endpoint
+                .pc
+                .rtp_sender(subscribed.sender)
+                .map(|mut sender| {
+                    sender
+                        .get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .filter_map(|codec| {
+                            Some((
+                                Codec::from_mime(&codec.rtp_codec.mime_type)?,
+                                codec.payload_type,
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Some(publication) = self.publications.get_mut(&subscribed.publication) else {
+                unplaced.push(track_id.clone());
+                continue;
+            };
+            match publication
+                .legs
+                .iter_mut()
+                .find(|leg| leg.subscriber == key)
+            {
+                Some(leg) => leg.down_track.set_payload_types(payload_types),
+                None => {
+                    let mut down_track = DownTrack::new(subscribed.ssrc, subscribed.kind);
+                    down_track.set_payload_types(payload_types);
+                    publication.legs.push(Leg {
+                        subscriber: key,
+                        sender: subscribed.sender,
+                        down_track,
+                    });
+                    // It starts at the next keyframe: ask for one now.
+                    want_keyframe(
+                        &mut self.keyframes_wanted,
+                        subscribed.publication,
+                        publication,
+                    );
+                }
+            }
+            subscribed.mid = Some(mid);
+        }
+        for track_id in unplaced {
+            tracing::warn!(endpoint = key, track = %track_id, "no m-line to send the track on");
+            self.unsubscribe(key, &track_id);
+        }
+        let endpoint = &self.endpoints[&key];
+        let mut sending = endpoint.stopped.clone();
+        for (track_id, subscribed) in &endpoint.subscriptions {
+            if let Some(mid) = &subscribed.mid {
+                sending.insert(mid.clone(), track_id.clone());
+            }
+        }
+        sending
+    }
+
+    fn remove_endpoint(&mut self, key: EndpointKey) {
+        let Some(mut endpoint) = self.endpoints.remove(&key) else {
+            return;
+        };
+        self.demux.remove(key);
+        for publication in endpoint.published.values() {
+            self.close_publication(*publication);
+        }
+        for subscribed in endpoint.subscriptions.values() {
+            if let Some(publication) = self.publications.get_mut(&subscribed.publication) {
+                publication.legs.retain(|leg| leg.subscriber != key);
+            }
+        }
+        // Tell the client (DTLS close_notify) now rather than letting its consent checks lapse.
+        let _ = endpoint.pc.close();
+        let room = endpoint.room;
+        if !self.endpoints.values().any(|other| other.room == room) {
+            self.rooms.remove(&room);
+        }
+        while let Some(datagram) = endpoint.pc.poll_write() {
+            self.farewells
+                .push((datagram.transport.peer_addr, datagram.message));
+        }
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.counters.received.increment(1);
+        let Some(key) = self.demux.route(from, datagram) else {
+            self.counters.unrouted.increment(1);
+            return;
+        };
+        self.guarded(key, |media| {
+            let Some(endpoint) = media.endpoints.get_mut(&key) else {
+                return;
+            };
+            let message = TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: media.settings.candidate,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(datagram),
+            };
+            if let Err(err) = endpoint.pc.handle_read(message) {
+                tracing::trace!(endpoint = key, %err, "datagram refused");
+            }
+            media.after_input(key, now);
+        });
+    }
+
+    /// Takes in everything the connection of `key` has for the application after an input.
+    fn after_input(&mut self, key: EndpointKey, now: Instant) {
+        loop {
+            let Some(endpoint) = self.endpoints.get_mut(&key) else {
+                return;
+            };
+            let Some(message) = endpoint.pc.poll_read() else {
+                break;
+            };
+            match message.message {
+                RTCMessage::RtpPacket(track, packet) => {
+                    if let Some(&publication) = endpoint.incoming.get(&track) {
+                        self.forward(publication, packet, now);
+                    }
+                }
+                RTCMessage::RtcpPacket(track, packets) => {
+                    // Only keyframe requests reach us, for a track this endpoint sends.
+                    let publication = TrackId::parse(&track)
+                        .ok()
+                        .and_then(|id| endpoint.subscriptions.get(&id))
+                        .map(|subscribed| subscribed.publication);
+                    let asks = packets
+                        .iter()
+                        .any(|packet| setup::is_keyframe_request(packet.as_ref()));
+                    if let (Some(key), true) = (publication, asks) {
+                        if let Some(publication) = self.publications.get_mut(&key) {
+                            want_keyframe(&mut self.keyframes_wanted, key, publication);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(event) = self
+            .endpoints
+            .get_mut(&key)
+            .and_then(|endpoint| endpoint.pc.poll_event())
+        {
+            self.on_connection_event(key, event);
+        }
+        if let Some(endpoint) = self.endpoints.get_mut(&key) {
+            endpoint.timer = endpoint.pc.poll_timeout();
+            Self::mark_dirty(&mut self.dirty, key, endpoint);
+        }
+    }
+
+    fn on_connection_event(&mut self, key: EndpointKey, event: RTCPeerConnectionEvent) {
+        let Some(endpoint) = self.endpoints.get_mut(&key) else {
+            return;
+        };
+        match event {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                let transceiver = RTCRtpTransceiverId::from(init.receiver_id);
+                let mid = endpoint
+                    .pc
+                    .rtp_transceiver(transceiver)
+                    .and_then(|transceiver| transceiver.mid().clone());
+                let Some(&publication) = mid.as_ref().and_then(|mid| endpoint.published.get(mid))
+                else {
+                    tracing::warn!(peer = %endpoint.peer_id, ?mid, "media on an m-line that publishes no track");
+                    return;
+                };
+                endpoint.incoming.insert(init.track_id, publication);
+                if let Some(publication) = self.publications.get_mut(&publication) {
+                    publication.receiver = Some((init.receiver_id, init.ssrc));
+                    tracing::debug!(peer = %endpoint.peer_id, track = %publication.track_id, "forwarding");
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                RTCPeerConnectionState::Connected => {
+                    endpoint.connected = true;
+                    endpoint.connect_due = None;
+                    // Keyframes sent before the media path was up were lost: ask again.
+                    let publications: Vec<PublicationKey> = endpoint
+                        .subscriptions
+                        .values()
+                        .map(|subscribed| subscribed.publication)
+                        .collect();
+                    for key in publications {
+                        if let Some(publication) = self.publications.get_mut(&key) {
+                            want_keyframe(&mut self.keyframes_wanted, key, publication);
+                        }
+                    }
+                }
+                RTCPeerConnectionState::Failed => {
+                    endpoint.connected = false;
+                    endpoint.report(EndpointEvent::Failed(
+                        "the media connection failed (ICE or DTLS)".to_owned(),
+                    ));
+                }
+                RTCPeerConnectionState::Disconnected => endpoint.connected = false,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Sends one packet of a publication to every subscriber's connection.
+    fn forward(&mut self, key: PublicationKey, packet: rtp::Packet, now: Instant) {
+        let Some(publication) = self.publications.get_mut(&key) else {
+            return;
+        };
+        let Some(codec) = publication.codec else {
+            return;
+        };
+        if publication.legs.is_empty() {
+            return;
+        }
+        let keyframe =
+            publication.kind == MediaKind::Video && codec.starts_keyframe(&packet.payload);
+        let mut sent = 0;
+        let mut waiting = false;
+        for leg in &mut publication.legs {
+            let Some(numbers) = leg.down_track.admit(codec, keyframe, &packet.header, now) else {
+                waiting |= leg.down_track.waits_for_keyframe();
+                continue;
+            };
+            let Some(subscriber) = self.endpoints.get_mut(&leg.subscriber) else {
+                continue;
+            };
+            let copy = rtp::Packet {
+                header: header_for_leg(&packet.header, numbers),
+                // Shared, not copied.
+                payload: packet.payload.clone(),
+            };
+            if let Some(mut sender) = subscriber.pc.rtp_sender(leg.sender) {
+                if sender.write_rtp(now, copy).is_ok() {
+                    sent += 1;
+                }
+            }
+            Self::mark_dirty(&mut self.dirty, leg.subscriber, subscriber);
+        }
+        if waiting {
+            // A subscriber still waits for a keyframe: keep asking (at most once an interval),
+            // in case the answer to the first request was lost.
+            want_keyframe(&mut self.keyframes_wanted, key, publication);
+        }
+        self.counters.forwarded_packets.increment(sent);
+        self.counters
+            .forwarded_bytes
+            .increment(sent * packet.payload.len() as u64);
+    }
+
+    /// Sends the keyframe requests that are due: one PLI per publication and interval.
+    fn send_keyframe_requests(&mut self, now: Instant) {
+        let mut index = 0;
+        while index < self.keyframes_wanted.len() {
+            let key = self.keyframes_wanted[index];
+            let Some(publication) = self.publications.get_mut(&key) else {
+                self.keyframes_wanted.swap_remove(index);
+                continue;
+            };
+            let due = publication
+                .last_keyframe_request
+                .is_none_or(|last| now >= last + KEYFRAME_REQUEST_INTERVAL);
+            let Some((receiver, ssrc)) = publication.receiver.filter(|_| due) else {
+                // Not due yet, or no packet came yet to ask about: later.
+                index += 1;
+                continue;
+            };
+            self.keyframes_wanted.swap_remove(index);
+            publication.keyframe_wanted = false;
+            publication.last_keyframe_request = Some(now);
+            let Some(publisher) = self.endpoints.get_mut(&publication.publisher) else {
+                continue;
+            };
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            if let Some(mut receiver) = publisher.pc.rtp_receiver(receiver) {
+                match receiver.write_rtcp(now, vec![Box::new(pli)]) {
+                    Ok(()) => self.counters.keyframe_requests.increment(1),
+                    Err(err) => tracing::debug!(%err, "keyframe request not sent"),
+                }
+            }
+            Self::mark_dirty(&mut self.dirty, publication.publisher, publisher);
+        }
+    }
+
+    /// Runs the timers that are due, and the deadlines to connect.
+    fn on_tick(&mut self, now: Instant) {
+        let due: Vec<EndpointKey> = self
+            .endpoints
+            .iter()
+            .filter(|(_, endpoint)| {
+                endpoint.timer.is_none_or(|at| at <= now)
+                    || endpoint.connect_due.is_some_and(|at| at <= now)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            self.guarded(key, |media| {
+                let Some(endpoint) = media.endpoints.get_mut(&key) else {
+                    return;
+                };
+                if endpoint.connect_due.is_some_and(|at| at <= now) {
+                    endpoint.connect_due = None;
+                    let reason = format!(
+                        "the media connection did not come up within {:?} of the answer (--ice-timeout)",
+                        media.settings.ice_timeout
+                    );
+                    endpoint.report(EndpointEvent::Failed(reason));
+                }
+                if let Err(err) = endpoint.pc.handle_timeout(now) {
+                    tracing::debug!(endpoint = key, %err, "connection timers");
+                }
+                media.after_input(key, now);
+                if let Some(endpoint) = media.endpoints.get_mut(&key) {
+                    let longest = now + LONGEST_TIMER;
+                    endpoint.timer = Some(endpoint.timer.map_or(longest, |at| at.min(longest)).max(now + Duration::from_millis(1)));
+                }
+            });
+        }
+        self.send_keyframe_requests(now);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<EndpointKey> = self.endpoints.keys().copied().collect();
+        for key in keys {
+            self.remove_endpoint(key);
+        }
+    }
+}
+
+/// Marks `publication` as wanting a keyframe from its publisher (video only).
+fn want_keyframe(
+    wanted: &mut Vec<PublicationKey>,
+    key: PublicationKey,
+    publication: &mut Publication,
+) {
+    if publication.kind == MediaKind::Video && !publication.keyframe_wanted {
+        publication.keyframe_wanted = true;
+        wanted.push(key);
+    }
+}
+
+/// Answers `inactive` on receiving slots the client offered beyond what we send: an empty
+/// sendonly m-line would make the client expect a track for a mid it cannot name.
+fn silence_unused_slots(endpoint: &mut Endpoint) {
+    let transceivers: Vec<RTCRtpTransceiverId> = endpoint.pc.get_transceivers().collect();
+    for id in transceivers {
+        if let Some(mut transceiver) = endpoint.pc.rtp_transceiver(id) {
+            let sends = transceiver.direction() == RTCRtpTransceiverDirection::Sendonly;
+            if sends && transceiver.sender().is_none() {
+                transceiver.set_direction(RTCRtpTransceiverDirection::Inactive);
+            }
+        }
+    }
+}
