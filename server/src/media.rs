@@ -2,8 +2,9 @@
 //! drives it through its [`engine::RoomMedia`] and each peer's [`engine::EndpointHandle`], and
 //! hears back through [`engine::EndpointReport`]s.
 //! - [`engine`]: the worker threads and the handles rooms hold; commands in, reports out;
-//! - [`worker`]: one thread's event loop over its shared UDP socket ([`udp`]), the datagrams
-//!   routed to connections by [`demux`], the forwarding from publishers to subscribers;
+//! - [`worker`]: one thread's event loop over its shared UDP socket ([`udp`]) and ICE-TCP
+//!   listener ([`tcp`]), the datagrams routed to connections by [`demux`], the forwarding from
+//!   publishers to subscribers;
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
 //! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
@@ -17,5 +18,6 @@ pub mod engine;
 mod rewrite;
 pub(crate) mod sdp;
 pub mod setup;
-mod udp;
+mod tcp;
+pub mod udp;
 mod worker;

@@ -59,6 +59,9 @@ pub struct PeerOptions {
     pub video_packets_per_frame: usize,
     /// Track metadata `{}`, as the Membrane JS client sends it, instead of `type` and `active`.
     pub untyped_tracks: bool,
+    /// ICE over TCP only (active, to the server's passive candidate), as on a network that
+    /// blocks UDP.
+    pub tcp_only: bool,
 }
 
 impl PeerOptions {
@@ -72,6 +75,7 @@ impl PeerOptions {
             video_packet_size: 1000,
             video_packets_per_frame: 1,
             untyped_tracks: false,
+            tcp_only: false,
         }
     }
 
@@ -487,19 +491,28 @@ impl Client {
     async fn connect(&mut self) -> anyhow::Result<()> {
         let (media, interceptors) = media_and_interceptors()?;
         let (events, event_rx) = mpsc::unbounded_channel();
+        let network = if self.options.tcp_only {
+            rtc::ice::network_type::NetworkType::Tcp4
+        } else {
+            rtc::ice::network_type::NetworkType::Udp4
+        };
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
-            .with_network_types(vec![rtc::ice::network_type::NetworkType::Udp4])
+            .with_network_types(vec![network])
             .build();
-        let pc = PeerConnectionBuilder::new()
+        let builder = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
             .with_setting_engine(settings)
             .with_interceptor_registry(interceptors)
-            .with_handler(Arc::new(EventsToChannel(events)))
-            .with_udp_addrs(vec!["127.0.0.1:0"])
-            .build()
-            .await?;
+            .with_handler(Arc::new(EventsToChannel(events)));
+        let pc = if self.options.tcp_only {
+            builder.with_tcp_addrs(vec!["127.0.0.1:0"])
+        } else {
+            builder.with_udp_addrs(vec!["127.0.0.1:0"])
+        }
+        .build()
+        .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         for local in &self.local {
             let init = RTCRtpTransceiverInit {

@@ -354,3 +354,120 @@ async fn a_subscriber_that_reports_a_video_packet_lost_gets_it_again() -> anyhow
     bob.leave().await;
     Ok(())
 }
+
+/// Packets each of `tracks` has had sent by `publisher`.
+fn sent_counts(publisher: &SyntheticPeer, tracks: &[TrackId]) -> BTreeMap<TrackId, u64> {
+    tracks
+        .iter()
+        .map(|id| (id.clone(), sent(publisher, id)))
+        .collect()
+}
+
+/// A subscriber that stops reading (a frozen tab: its whole runtime blocked, its socket buffer
+/// full) and one whose address goes dead (vanished without a word) lose their own packets;
+/// the publisher and the healthy subscriber, on the same media worker, notice nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_cannot_keep_up_slow_no_one_else() -> anyhow::Result<()> {
+    const FROZEN_FOR: Duration = Duration::from_secs(4);
+    let server = TestServer::start_with(server::Config {
+        media_workers: 1,
+        ..server::Config::defaults()
+    })
+    .await?;
+    // The load generator's 1.5 Mbit/s: more than a frozen socket's buffer holds over the freeze.
+    let options = PeerOptions {
+        video_packet_size: 1_250,
+        video_packets_per_frame: 5,
+        ..PeerOptions::publishing("Pat")
+    };
+    let publisher = join(&server, "isolation", options).await?;
+    let tracks = published(&publisher);
+    let healthy = join(&server, "isolation", PeerOptions::receive_only("Hal")).await?;
+    let vanishing = join(&server, "isolation", PeerOptions::receive_only("Vic")).await?;
+
+    // The frozen subscriber lives on a runtime of its own, so blocking it blocks only it.
+    let (frozen_tx, frozen_rx) = tokio::sync::oneshot::channel();
+    let (url, frozen_tracks) = (server.socket_url(), tracks.clone());
+    let frozen = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let frozen =
+                SyntheticPeer::join(&url, "isolation", PeerOptions::receive_only("Fay")).await?;
+            wait_for_media(&frozen, &frozen_tracks, ONE_SECOND).await?;
+            let _ = frozen_tx.send(());
+            // Nothing on this runtime runs meanwhile: its sockets are not read.
+            std::thread::sleep(FROZEN_FOR);
+            wait_for_media(&frozen, &frozen_tracks, ONE_SECOND).await?;
+            let lost = frozen.state(|state| state.received.values().map(|r| r.lost()).sum());
+            frozen.leave().await;
+            Ok(lost)
+        })
+    });
+    wait_for_media(&healthy, &tracks, ONE_SECOND).await?;
+    wait_for_media(&vanishing, &tracks, ONE_SECOND).await?;
+    frozen_rx.await?;
+    vanishing.vanish();
+
+    let (sent_before, got_before) = (
+        sent_counts(&publisher, &tracks),
+        packet_counts(&healthy, &tracks),
+    );
+    let window = Instant::now();
+    tokio::time::sleep(FROZEN_FOR - Duration::from_millis(500)).await;
+    // What was sent until now has had 100 ms to arrive.
+    let sent_after = sent_counts(&publisher, &tracks);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got_after = packet_counts(&healthy, &tracks);
+    let window = window.elapsed();
+    for id in &tracks {
+        let sent = sent_after[id] - sent_before[id];
+        let got = got_after[id] - got_before[id];
+        println!("{id}: sent {sent} in {window:?}, the healthy subscriber got {got}");
+        assert!(sent > 0, "the publisher stopped sending");
+        assert!(
+            got * 100 >= sent * 97,
+            "the healthy subscriber got {got} of {sent} packets while others stalled"
+        );
+    }
+    let healthy_lost: u64 = healthy.state(|state| state.received.values().map(|r| r.lost()).sum());
+    assert_eq!(healthy_lost, 0, "the healthy subscriber lost packets");
+    let frozen_lost = frozen.join().expect("the frozen peer's thread")?;
+    println!("the frozen subscriber lost {frozen_lost} packets over its freeze");
+    assert!(
+        frozen_lost > 0,
+        "the frozen subscriber lost nothing: the test froze nothing"
+    );
+    let metrics = reqwest::get(server.url("/metrics")).await?.text().await?;
+    println!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("videoroom_media_datagrams"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
+/// A peer on a network that blocks UDP reaches the worker's ICE-TCP candidate (its port number,
+/// RFC 4571 framing) and sends and receives media through it, in a room with a UDP peer.
+#[tokio::test]
+async fn a_peer_limited_to_tcp_sends_and_receives_media() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let uma = join(&server, "tcp", PeerOptions::publishing("Uma")).await?;
+    let tcp_only = PeerOptions {
+        tcp_only: true,
+        ..PeerOptions::publishing("Tom")
+    };
+    let tom = join(&server, "tcp", tcp_only).await?;
+    let (uma_tracks, tom_tracks) = (published(&uma), published(&tom));
+    wait_for_media(&tom, &uma_tracks, (2 * ONE_SECOND.0, 2 * ONE_SECOND.1)).await?;
+    wait_for_media(&uma, &tom_tracks, (2 * ONE_SECOND.0, 2 * ONE_SECOND.1)).await?;
+    check_received("Tom (TCP)", &tom, &uma_tracks);
+    check_received("Uma (UDP)", &uma, &tom_tracks);
+    tom.leave().await;
+    uma.leave().await;
+    Ok(())
+}

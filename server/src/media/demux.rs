@@ -97,17 +97,18 @@ impl Demux {
         }
     }
 
-    /// Forgets an endpoint's ufrags and addresses.
-    pub fn remove(&mut self, endpoint: EndpointKey) {
+    /// Forgets an endpoint's ufrags and addresses; returns the addresses.
+    pub fn remove(&mut self, endpoint: EndpointKey) -> Vec<SocketAddr> {
         let Some(owned) = self.owned.remove(&endpoint) else {
-            return;
+            return Vec::new();
         };
         for ufrag in owned.ufrags {
             self.by_ufrag.remove(&ufrag);
         }
-        for address in owned.addresses {
-            self.by_address.remove(&address);
+        for address in &owned.addresses {
+            self.by_address.remove(address);
         }
+        owned.addresses
     }
 
     /// How many addresses are known, for tests and gauges.
@@ -194,9 +195,9 @@ mod tests {
         demux.route(address(5000), &binding_request("one:c"));
         demux.route(address(5000), &binding_request("two:c"));
         assert_eq!(demux.route(address(5000), &[0x80; 40]), Some(2));
-        demux.remove(1);
+        assert!(demux.remove(1).is_empty());
         assert_eq!(demux.route(address(5000), &[0x80; 40]), Some(2));
-        demux.remove(2);
+        assert_eq!(demux.remove(2), [address(5000)]);
         assert_eq!((demux.addresses(), demux.by_ufrag.len()), (0, 0));
     }
 

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::tcp_type::TcpType;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{
@@ -22,6 +23,7 @@ use rtc::peer_connection::transport::{
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
+use rtc::shared::TransportProtocol;
 use shared::{PeerId, TrackId};
 
 use crate::media::codec::MediaKind;
@@ -77,7 +79,7 @@ impl Endpoint {
         peer_id: PeerId,
         reports: Reports,
         pending: Arc<AtomicUsize>,
-        candidate: &RTCIceCandidateInit,
+        candidates: &[RTCIceCandidateInit],
         now: Instant,
     ) -> Result<Endpoint, String> {
         let (media, interceptors) =
@@ -99,8 +101,10 @@ impl Endpoint {
             .with_interceptor_registry(interceptors)
             .build(now)
             .map_err(|err| format!("cannot create a peer connection: {err}"))?;
-        pc.add_local_candidate(candidate.clone())
-            .map_err(|err| format!("cannot add the media candidate: {err}"))?;
+        for candidate in candidates {
+            pc.add_local_candidate(candidate.clone())
+                .map_err(|err| format!("cannot add the media candidate: {err}"))?;
+        }
         Ok(Endpoint {
             room,
             peer_id,
@@ -151,18 +155,32 @@ impl Endpoint {
     }
 }
 
-/// The worker's host candidate for `address`, as the connections take it and as clients are
-/// told it (`candidate:…`).
-pub fn host_candidate(address: SocketAddr) -> Result<RTCIceCandidateInit, String> {
+/// The worker's host candidates for `address`, UDP and passive TCP (RFC 6544), as the
+/// connections take them and as clients are told them (`candidate:…`).
+pub fn host_candidates(address: SocketAddr) -> Result<Vec<RTCIceCandidateInit>, String> {
+    Ok(vec![
+        host_candidate(address, TransportProtocol::UDP)?,
+        host_candidate(address, TransportProtocol::TCP)?,
+    ])
+}
+
+fn host_candidate(
+    address: SocketAddr,
+    protocol: TransportProtocol,
+) -> Result<RTCIceCandidateInit, String> {
+    let (network, tcp_type) = match protocol {
+        TransportProtocol::UDP => ("udp", TcpType::Unspecified),
+        _ => ("tcp", TcpType::Passive),
+    };
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
-            network: "udp".to_owned(),
+            network: network.to_owned(),
             address: address.ip().to_string(),
             port: address.port(),
             component: 1,
             ..Default::default()
         },
-        ..Default::default()
+        tcp_type,
     }
     .new_candidate_host()
     .map_err(|err| format!("cannot make the host candidate {address}: {err}"))?;
@@ -182,15 +200,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_host_candidate_names_the_worker_socket() {
-        let init =
-            host_candidate("192.0.2.7:4001".parse().expect("an address")).expect("a candidate");
+    fn the_host_candidates_name_the_worker_socket_and_listener() {
+        let candidates =
+            host_candidates("192.0.2.7:4001".parse().expect("an address")).expect("candidates");
+        let [udp, tcp] = &candidates[..] else {
+            panic!("two candidates: {candidates:?}");
+        };
+        assert!(udp.candidate.contains(" udp "), "{}", udp.candidate);
         assert!(
-            init.candidate.contains("192.0.2.7 4001 typ host"),
+            udp.candidate.ends_with("192.0.2.7 4001 typ host"),
             "{}",
-            init.candidate
+            udp.candidate
         );
-        assert!(init.candidate.contains(" udp "), "{}", init.candidate);
+        assert!(tcp.candidate.contains(" tcp "), "{}", tcp.candidate);
+        assert!(
+            tcp.candidate
+                .ends_with("192.0.2.7 4001 typ host tcptype passive"),
+            "{}",
+            tcp.candidate
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The media engine as the signaling side sees it. `--media-workers` threads each run a
-//! [`crate::media::worker`] loop that owns the peer connections of the rooms placed on it and
-//! one UDP socket (`--media-port`, then +1 per worker). A room is placed on one worker
+//! [`crate::media::worker`] loop that owns the peer connections of the rooms placed on it, one
+//! UDP socket and one ICE-TCP listener (both on `--media-port`, then +1 per worker). A room is placed on one worker
 //! ([`MediaEngine::place_room`]) and talks to it through its [`RoomMedia`]; each peer's media
 //! connection is an [`EndpointHandle`] that sends the worker commands in order. The worker
 //! answers with [`EndpointReport`]s, types of this module: the media side never imports the
 //! signaling side.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -168,23 +168,19 @@ impl MediaEngine {
                 first => u16::try_from(usize::from(first) + index)
                     .context("--media-port leaves no room for every worker's port")?,
             };
-            let socket = UdpSocket::bind((settings.bind_ip, port)).with_context(|| {
-                format!(
-                    "cannot bind the media socket {}:{port} (--media-ip, --media-port)",
-                    settings.bind_ip
-                )
-            })?;
+            let (socket, listener) = bind_media_port(settings.bind_ip, port)?;
             let bound = socket.local_addr()?;
             let (commands, receiver) = mpsc::unbounded_channel();
             let worker_settings = WorkerSettings {
                 candidate: SocketAddr::new(settings.candidate_ip, bound.port()),
                 ice_timeout: settings.ice_timeout,
+                max_tcp_links: settings.max_peer_connections,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
-                .spawn(move || worker::run(socket, worker_settings, receiver))
+                .spawn(move || worker::run(socket, listener, worker_settings, receiver))
                 .context("cannot start a media worker")?;
-            tracing::info!(worker = index, address = %bound, "media worker listening (UDP)");
+            tracing::info!(worker = index, address = %bound, "media worker listening (UDP and ICE-TCP)");
             threads.push(thread);
             workers.push(WorkerLink {
                 commands,
@@ -263,6 +259,27 @@ impl MediaEngine {
             }
         }
     }
+}
+
+/// A worker's UDP socket and its ICE-TCP listener on the same port number; with port 0, a free
+/// port both can have.
+fn bind_media_port(ip: IpAddr, port: u16) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let attempts = if port == 0 { 20 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let socket = UdpSocket::bind((ip, port)).with_context(|| {
+            format!("cannot bind the media socket {ip}:{port} (UDP; --media-ip, --media-port)")
+        })?;
+        let bound = socket.local_addr()?.port();
+        match TcpListener::bind((ip, bound)) {
+            Ok(listener) => return Ok((socket, listener)),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    let err = last_error.expect("at least one attempt");
+    Err(err).with_context(|| {
+        format!("cannot bind the media listener {ip}:{port} (TCP, for ICE-TCP; --media-ip, --media-port)")
+    })
 }
 
 /// A room's way to its worker.

@@ -1,5 +1,5 @@
-//! A media worker: one thread, one UDP socket, and every peer connection of the rooms placed
-//! on it. A plain event loop takes datagrams by the batch, routes each to its connection
+//! A media worker: one thread, one UDP socket (and an ICE-TCP listener on the same port
+//! number), and every peer connection of the rooms placed on it. A plain event loop takes datagrams by the batch, routes each to its connection
 //! ([`crate::media::demux`]), forwards the RTP that comes out of a publisher's connection into
 //! each subscriber's connection through its [`DownTrack`], and sends what the turn produced in
 //! one batch ([`crate::media::udp`]). A room's packets never leave this thread: no task hop,
@@ -10,7 +10,7 @@
 //! dropped and reported failed, and the others on the worker carry on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,7 @@ use crate::media::endpoint::{self, Endpoint, PublicationKey, Subscribed};
 use crate::media::engine::{
     Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription,
 };
+use crate::media::tcp::{TcpFrame, TcpFrames, TcpLinks};
 use crate::media::udp::MediaSocket;
 use crate::media::{sdp, setup};
 use crate::telemetry;
@@ -57,14 +58,17 @@ const BATCHES_PER_TURN: usize = 8;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) struct WorkerSettings {
-    /// The address the worker's candidate names.
+    /// The address the worker's candidates name (UDP, and TCP on the same port number).
     pub candidate: SocketAddr,
     pub ice_timeout: Duration,
+    /// ICE-TCP connections the worker holds at most.
+    pub max_tcp_links: usize,
 }
 
 /// Runs a worker on this thread until the engine stops it or every room is gone.
 pub(crate) fn run(
     socket: UdpSocket,
+    listener: TcpListener,
     settings: WorkerSettings,
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -86,8 +90,15 @@ pub(crate) fn run(
                 return;
             }
         };
-        let candidate = match endpoint::host_candidate(settings.candidate) {
-            Ok(candidate) => candidate,
+        let (tcp, tcp_frames) = match TcpLinks::new(listener, settings.max_tcp_links) {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                tracing::error!(%err, "a media worker cannot use its TCP listener");
+                return;
+            }
+        };
+        let candidates = match endpoint::host_candidates(settings.candidate) {
+            Ok(candidates) => candidates,
             Err(reason) => {
                 tracing::error!(%reason, "a media worker cannot start");
                 return;
@@ -95,7 +106,9 @@ pub(crate) fn run(
         };
         let mut worker = Worker {
             socket,
-            media: Media::new(settings, candidate),
+            tcp,
+            tcp_frames,
+            media: Media::new(settings, candidates),
         };
         worker.run(commands).await;
     });
@@ -103,6 +116,8 @@ pub(crate) fn run(
 
 struct Worker {
     socket: MediaSocket,
+    tcp: TcpLinks,
+    tcp_frames: TcpFrames,
     media: Media,
 }
 
@@ -123,6 +138,11 @@ impl Worker {
                     }
                     self.receive();
                 }
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, from)) => self.tcp.start(stream, from),
+                    Err(err) => tracing::debug!(%err, "ICE-TCP accept"),
+                },
+                Some(frame) = self.tcp_frames.recv() => self.on_tcp_frame(frame),
                 () = sleep_until(next_tick) => {
                     next_tick = tokio::time::Instant::now() + TICK;
                     self.media.on_tick(Instant::now());
@@ -135,10 +155,13 @@ impl Worker {
     }
 
     fn receive(&mut self) {
-        let Worker { socket, media } = self;
+        let Worker { socket, media, .. } = self;
         for _ in 0..BATCHES_PER_TURN {
             let now = Instant::now();
-            match socket.receive(|from, datagram| media.on_datagram(from, datagram, now)) {
+            let mut handle = |from, datagram: &[u8]| {
+                media.on_datagram(from, datagram, TransportProtocol::UDP, now);
+            };
+            match socket.receive(&mut handle) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(err) => {
@@ -150,11 +173,42 @@ impl Worker {
         media.send_keyframe_requests(Instant::now());
     }
 
+    /// A frame from an ICE-TCP connection, or its end. A connection whose frame belongs to no
+    /// peer is closed.
+    fn on_tcp_frame(&mut self, frame: TcpFrame) {
+        let routed = match frame.frame {
+            Some(datagram) => {
+                let now = Instant::now();
+                self.media
+                    .on_datagram(frame.from, &datagram, TransportProtocol::TCP, now)
+            }
+            None => false,
+        };
+        if !routed {
+            self.tcp.close(frame.from);
+        }
+        self.media.send_keyframe_requests(Instant::now());
+    }
+
     /// Collects what every touched connection has to send, and sends it.
     fn send(&mut self) {
-        let Worker { socket, media } = self;
-        for (to, datagram) in media.farewells.drain(..) {
-            socket.queue(to, datagram);
+        let Worker {
+            socket, tcp, media, ..
+        } = self;
+        for address in media.forgotten.drain(..) {
+            tcp.close(address);
+        }
+        let mut tcp_dropped = 0;
+        let mut send = |datagram: TaggedBytesMut| match datagram.transport.transport_protocol {
+            TransportProtocol::UDP => socket.queue(datagram.transport.peer_addr, datagram.message),
+            _ => {
+                if !tcp.send(datagram.transport.peer_addr, datagram.message) {
+                    tcp_dropped += 1;
+                }
+            }
+        };
+        for datagram in media.farewells.drain(..) {
+            send(datagram);
         }
         for key in media.dirty.drain(..) {
             let Some(endpoint) = media.endpoints.get_mut(&key) else {
@@ -162,9 +216,10 @@ impl Worker {
             };
             endpoint.dirty = false;
             while let Some(datagram) = endpoint.pc.poll_write() {
-                socket.queue(datagram.transport.peer_addr, datagram.message);
+                send(datagram);
             }
         }
+        media.counters.dropped.increment(tcp_dropped);
         if socket.queued() > 0 {
             let sent = socket.flush();
             media.counters.sent.increment(sent.datagrams);
@@ -215,7 +270,8 @@ impl Publication {
 /// Everything of a worker but its socket.
 struct Media {
     settings: WorkerSettings,
-    candidate: RTCIceCandidateInit,
+    /// The worker's UDP and TCP candidates.
+    candidates: Vec<RTCIceCandidateInit>,
     endpoints: HashMap<EndpointKey, Endpoint>,
     publications: HashMap<PublicationKey, Publication>,
     /// Each room's publications by track id.
@@ -227,15 +283,17 @@ struct Media {
     /// Publications whose publisher is to be asked for a keyframe.
     keyframes_wanted: Vec<PublicationKey>,
     /// The last datagrams of connections closed this turn.
-    farewells: Vec<(SocketAddr, BytesMut)>,
+    farewells: Vec<TaggedBytesMut>,
+    /// Addresses of endpoints removed this turn, whose ICE-TCP connections are to close.
+    forgotten: Vec<SocketAddr>,
     counters: Counters,
 }
 
 impl Media {
-    fn new(settings: WorkerSettings, candidate: RTCIceCandidateInit) -> Media {
+    fn new(settings: WorkerSettings, candidates: Vec<RTCIceCandidateInit>) -> Media {
         Media {
             settings,
-            candidate,
+            candidates,
             endpoints: HashMap::new(),
             publications: HashMap::new(),
             rooms: HashMap::new(),
@@ -244,6 +302,7 @@ impl Media {
             dirty: Vec::new(),
             keyframes_wanted: Vec::new(),
             farewells: Vec::new(),
+            forgotten: Vec::new(),
             counters: Counters {
                 forwarded_packets: metrics::counter!(telemetry::FORWARDED_PACKETS),
                 forwarded_bytes: metrics::counter!(telemetry::FORWARDED_BYTES),
@@ -304,7 +363,7 @@ impl Media {
                     peer_id.clone(),
                     reports.clone(),
                     pending,
-                    &media.candidate,
+                    &media.candidates,
                     now,
                 );
                 match made {
@@ -409,7 +468,9 @@ impl Media {
         if !endpoint.connected {
             endpoint.connect_due = Some(now + self.settings.ice_timeout);
         }
-        endpoint.report(EndpointEvent::Candidate(self.candidate.candidate.clone()));
+        for candidate in &self.candidates {
+            endpoint.report(EndpointEvent::Candidate(candidate.candidate.clone()));
+        }
         Ok(())
     }
 
@@ -651,7 +712,7 @@ impl Media {
         let Some(mut endpoint) = self.endpoints.remove(&key) else {
             return;
         };
-        self.demux.remove(key);
+        self.forgotten.extend(self.demux.remove(key));
         for publication in endpoint.published.values() {
             self.close_publication(*publication);
         }
@@ -667,16 +728,22 @@ impl Media {
             self.rooms.remove(&room);
         }
         while let Some(datagram) = endpoint.pc.poll_write() {
-            self.farewells
-                .push((datagram.transport.peer_addr, datagram.message));
+            self.farewells.push(datagram);
         }
     }
 
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    /// Hands a datagram to its connection; false when it belongs to none.
+    fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        protocol: TransportProtocol,
+        now: Instant,
+    ) -> bool {
         self.counters.received.increment(1);
         let Some(key) = self.demux.route(from, datagram) else {
             self.counters.unrouted.increment(1);
-            return;
+            return false;
         };
         self.guarded(key, |media| {
             let Some(endpoint) = media.endpoints.get_mut(&key) else {
@@ -688,7 +755,7 @@ impl Media {
                     local_addr: media.settings.candidate,
                     peer_addr: from,
                     ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
+                    transport_protocol: protocol,
                 },
                 message: BytesMut::from(datagram),
             };
@@ -697,6 +764,7 @@ impl Media {
             }
             media.after_input(key, now);
         });
+        true
     }
 
     /// Takes in everything the connection of `key` has for the application after an input.
