@@ -31,6 +31,13 @@ struct Args {
     /// The core the sender runs on; the reader takes the other one.
     #[arg(long, default_value_t = 0)]
     core: usize,
+    /// Datagrams to each receiver per flush, as a loop turn that read that many packets of a
+    /// publisher (a video frame's) forwards them.
+    #[arg(long, default_value_t = 1)]
+    per_turn: usize,
+    /// Each datagram a message of its own, no UDP GSO.
+    #[arg(long)]
+    no_gso: bool,
 }
 
 fn pin_to(core: usize) {
@@ -87,32 +94,48 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (sent, dropped, cpu, wall) = runtime.block_on(async {
-        let mut socket = MediaSocket::new(UdpSocket::bind("127.0.0.1:0")?)?;
+    let (sent, dropped, messages, cpu, wall) = runtime.block_on(async {
+        let socket = MediaSocket::new(UdpSocket::bind("127.0.0.1:0")?)?;
+        let mut socket = if args.no_gso {
+            socket.without_gso()
+        } else {
+            socket
+        };
         let payload = vec![0x5a; args.size];
-        let (mut sent, mut dropped) = (0, 0);
+        let (mut sent, mut dropped, mut messages) = (0, 0, 0);
         let (cpu_start, start) = (thread_cpu(), Instant::now());
         let end = start + Duration::from_secs(args.seconds);
         while Instant::now() < end {
             for _ in 0..100 {
                 // As the worker does: each datagram its own buffer, one flush per fan-out.
                 for address in &addresses {
-                    socket.queue(*address, BytesMut::from(&payload[..]));
+                    for _ in 0..args.per_turn {
+                        socket.queue(*address, BytesMut::from(&payload[..]));
+                    }
                 }
                 let flushed = socket.flush();
                 sent += flushed.datagrams;
                 dropped += flushed.dropped;
+                messages += flushed.messages;
             }
         }
-        anyhow::Ok((sent, dropped, thread_cpu() - cpu_start, start.elapsed()))
+        anyhow::Ok((
+            sent,
+            dropped,
+            messages,
+            thread_cpu() - cpu_start,
+            start.elapsed(),
+        ))
     })?;
     stop.store(true, Ordering::Relaxed);
     reader.join().ok().context("the reader thread")?;
     let per_packet = cpu.as_secs_f64() * 1e6 / sent.max(1) as f64;
     println!(
-        "floor: {sent} datagrams of {} bytes to {} receivers in {wall:.1?} ({:.0}/s), {dropped} dropped, {} read; sender CPU {cpu:.2?} = {per_packet:.2} µs per datagram",
+        "floor: {sent} datagrams of {} bytes to {} receivers, {} a turn each, in {messages} messages ({}) in {wall:.1?} ({:.0}/s), {dropped} dropped, {} read; sender CPU {cpu:.2?} = {per_packet:.2} µs per datagram",
         args.size,
         args.receivers,
+        args.per_turn,
+        if args.no_gso { "no GSO" } else { "GSO where a run allows" },
         sent as f64 / wall.as_secs_f64(),
         received.load(Ordering::Relaxed),
     );
