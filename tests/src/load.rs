@@ -148,6 +148,20 @@ impl Load {
             .collect()
     }
 
+    /// Waits until peer `index` sends every track it publishes (its connection is up), so
+    /// peers that join after it join a room where media flows.
+    pub async fn wait_until_sending(&self, index: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.peers[index]
+            .wait_until("the publisher's media", timeout, |state| {
+                !state.published.is_empty()
+                    && state
+                        .published
+                        .values()
+                        .all(|sent| sent.packets.load(Ordering::Relaxed) > 0)
+            })
+            .await
+    }
+
     /// Waits until every peer receives every track of its room (`rooms[i]` is peer i's room).
     pub async fn wait_until_flowing(
         &self,

@@ -147,6 +147,7 @@ async fn broadcast(
     let mut load = Load::new(server_pid);
     load.join(socket_url, "broadcast", load::publisher("publisher"), false)
         .await?;
+    load.wait_until_sending(0, Duration::from_secs(30)).await?;
     for index in 0..subscribers {
         load.join(
             socket_url,
@@ -177,6 +178,7 @@ async fn ramp(
     let mut load = Load::new(server_pid);
     load.join(socket_url, "ramp", load::publisher("publisher"), false)
         .await?;
+    load.wait_until_sending(0, Duration::from_secs(30)).await?;
     let mut rows = Vec::new();
     let mut subscribers = 0;
     while subscribers < max {
