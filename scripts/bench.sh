@@ -4,5 +4,5 @@
 # loadgen (`target/release/loadgen --help`). Figures are printed and written to target/bench.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p server -p e2e --bin videoroom --bin loadgen
+cargo build --release --quiet -p server -p e2e --bin videoroom --bin loadgen --bin floor
 exec target/release/loadgen --scenario all --json target/bench.json "$@"
