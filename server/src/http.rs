@@ -141,7 +141,7 @@ fn same_secret(presented: &str, token: &str) -> bool {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(rooms): State<Registry>) -> Response {
-    let text = telemetry::render(rooms.counts());
+    let text = telemetry::render(rooms.counts(), &rooms.worker_loads());
     (
         [(
             header::CONTENT_TYPE,

@@ -33,6 +33,7 @@ use std::time::Duration;
 use anyhow::Context;
 pub use config::{Command, Config};
 pub use signaling::registry::Counts;
+pub use tls::RELOAD_CHECK as TLS_RELOAD_CHECK;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -72,7 +73,11 @@ pub async fn serve(
         turn: TurnServers::from_config(&config),
         join_secret: config.join_secret.as_deref().map(JoinSecret::new),
     });
-    let tls = tls::acceptor(&config).context("cannot set up HTTPS")?;
+    let (tls, reloadable) = tls::acceptor(&config)
+        .context("cannot set up HTTPS")?
+        .unzip();
+    // A certificate from files follows them (SIGHUP, or a change seen on disk).
+    let following = tokio::spawn(tls::follow(reloadable.flatten(), tls::hangups()));
     let app = http::router(&config, rooms.clone());
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("videoroom listening on {scheme}://{address}");
@@ -97,6 +102,7 @@ pub async fn serve(
     if tokio::time::timeout(SHUTDOWN_GRACE, closing).await.is_err() {
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}; leaving them");
     }
+    following.abort();
     // The peers were told; their media connections close with the workers.
     tokio::task::spawn_blocking(move || media.stop(MEDIA_STOP_GRACE))
         .await

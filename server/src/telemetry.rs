@@ -69,11 +69,16 @@ fn describe() {
     );
 }
 
-/// The metrics as Prometheus text, with the gauges of `counts` as of now.
-pub fn render(counts: Counts) -> String {
+/// The metrics as Prometheus text, with the gauges of `counts` and each media worker's peer
+/// connections (`worker_loads`) as of now.
+pub fn render(counts: Counts, worker_loads: &[usize]) -> String {
     let handle = prometheus();
     metrics::gauge!("videoroom_rooms").set(counts.rooms as f64);
     metrics::gauge!("videoroom_peers").set(counts.peers as f64);
     metrics::gauge!("videoroom_peer_connections").set(counts.peer_connections as f64);
+    for (worker, load) in worker_loads.iter().enumerate() {
+        metrics::gauge!("videoroom_media_worker_peer_connections", "worker" => worker.to_string())
+            .set(*load as f64);
+    }
     handle.render()
 }

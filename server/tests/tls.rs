@@ -158,3 +158,164 @@ async fn a_self_signed_certificate_is_made_for_localhost() {
     let response = health(port, trusting(cert)).await.unwrap();
     assert!(response.ends_with("ok"), "{response}");
 }
+
+/// The certificate the server on `port` shows now.
+async fn shown_certificate(port: u16) -> std::io::Result<CertificateDer<'static>> {
+    let shown = Arc::new(Shown::default());
+    let anything = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(shown.clone())
+        .with_no_client_auth();
+    health(port, anything).await?;
+    let cert = shown.0.lock().unwrap().clone();
+    Ok(cert.expect("a certificate was shown"))
+}
+
+/// A new certificate for localhost in `dir` as `cert.pem` and `key.pem`, written beside and
+/// renamed over (as certbot's deploy does), keeping the replaced files' modification times if
+/// `keep_mtimes`; its DER form.
+fn write_certificate(dir: &std::path::Path, keep_mtimes: bool) -> CertificateDer<'static> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let files = [
+        ("cert.pem", made.cert.pem()),
+        ("key.pem", made.signing_key.serialize_pem()),
+    ];
+    for (name, text) in files {
+        let (path, staged) = (dir.join(name), dir.join(format!("{name}.new")));
+        std::fs::write(&staged, text).unwrap();
+        if keep_mtimes {
+            let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+            let file = std::fs::File::options().write(true).open(&staged).unwrap();
+            file.set_modified(mtime).unwrap();
+        }
+        std::fs::rename(&staged, path).unwrap();
+    }
+    made.cert.der().clone()
+}
+
+/// Waits (generously) until the server on `port` shows `wanted`.
+async fn wait_to_show(port: u16, wanted: &CertificateDer<'static>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if shown_certificate(port).await.ok().as_ref() == Some(wanted) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("videoroom-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn renewed_certificate_files_are_served_without_a_restart() {
+    let dir = temp_dir("tls-renewed");
+    let first = write_certificate(&dir, false);
+    let port = start(server::Config {
+        tls_cert: Some(dir.join("cert.pem")),
+        tls_key: Some(dir.join("key.pem")),
+        media_port: 0,
+        ..server::Config::defaults()
+    })
+    .await;
+    assert_eq!(shown_certificate(port).await.unwrap(), first);
+    // Files that do not hold a certificate leave the current one in place.
+    std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(server::TLS_RELOAD_CHECK * 2).await;
+    assert_eq!(shown_certificate(port).await.unwrap(), first);
+    let second = write_certificate(&dir, false);
+    wait_to_show(port, &second).await;
+}
+
+/// SIGHUP reloads the files at once, even when their modification times did not change (so the
+/// periodic check would not notice), and does not stop the server.
+#[tokio::test]
+async fn sighup_reloads_the_certificate_files() {
+    let dir = temp_dir("tls-sighup");
+    let first = write_certificate(&dir, false);
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_videoroom"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--media-port",
+            "0",
+            "--log",
+            "error",
+        ])
+        .arg("--tls-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_to_show(port, &first).await;
+    let second = write_certificate(&dir, true);
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &process.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    wait_to_show(port, &second).await;
+    assert!(
+        process.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the server"
+    );
+}
+
+/// Without certificate files there is nothing to reload, and SIGHUP (a `systemctl reload`) must
+/// not stop the server.
+#[tokio::test]
+async fn sighup_without_certificate_files_leaves_the_server_running() {
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_videoroom"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--media-port",
+            "0",
+            "--log",
+            "error",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reqwest::get(&health).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &process.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        process.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the server"
+    );
+    assert!(reqwest::get(&health).await.unwrap().status().is_success());
+}

@@ -94,9 +94,18 @@ async fn metrics_show_the_room_and_count_the_media_it_forwards() -> anyhow::Resu
     // at least here, and its counters only grow.
     ensure!(sample(&first, "videoroom_peers") >= 2.0, "{first:?}");
     ensure!(sample(&first, "videoroom_rooms") >= 1.0, "{first:?}");
+    // Both peer connections are on this server's media workers.
+    let on_workers: f64 = first
+        .iter()
+        .filter(|(series, _)| series.starts_with("videoroom_media_worker_peer_connections{"))
+        .map(|(_, value)| value)
+        .sum();
+    ensure!(on_workers >= 2.0, "{first:?}");
     for counter in [
         "videoroom_forwarded_packets_total",
         "videoroom_forwarded_bytes_total",
+        "videoroom_media_datagrams_received_total",
+        "videoroom_media_datagrams_sent_total",
     ] {
         ensure!(
             sample(&second, counter) > sample(&first, counter),

@@ -227,6 +227,14 @@ impl MediaEngine {
         self.peer_connections.used()
     }
 
+    /// Peer connections on each worker now, in worker order: how the load is spread.
+    pub fn worker_loads(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|worker| worker.endpoints.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Places a new room on the worker with the fewest endpoints now.
     pub fn place_room(&self) -> RoomMedia {
         let worker = self

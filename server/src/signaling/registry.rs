@@ -166,6 +166,11 @@ impl Registry {
         }
     }
 
+    /// Peer connections on each media worker now.
+    pub fn worker_loads(&self) -> Vec<usize> {
+        self.inner.settings.media.worker_loads()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomHandle>> {
         // The map stays consistent even if a holder panicked: every update is a single call.
         self.inner
