@@ -1,7 +1,8 @@
 //! Any datagram as it reaches the media path from a peer's address: the sans-I/O peer connection
 //! the server's endpoints run on (webrtc-rs `rtc`: the STUN, DTLS, SRTP and RTCP demultiplexing,
-//! ICE-lite, with videoroom's codecs and interceptors) and the SFU's own reading of RTP and RTCP
-//! (keyframe detection, keyframe requests, the header rewrite) never panic.
+//! ICE-lite and the DTLS server role as the server's endpoints have them, with videoroom's
+//! codecs and interceptors) and the SFU's own reading of a datagram (the STUN username a media
+//! worker routes by, keyframe detection, keyframe requests, the header rewrite) never panic.
 //!
 //! The peer connection is negotiated once with an in-memory client and then takes every input in
 //! turn: raw, or as one of the datagrams the real client sent it (STUN checks, the DTLS
@@ -22,7 +23,9 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -32,6 +35,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::Unmarshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use server::media::codec::CODECS;
+use server::media::demux::stun_local_ufrag;
 use server::media::down_track::{header_for_leg, LegNumbers};
 use server::media::setup::{codec, is_keyframe_request, media_and_interceptors};
 
@@ -68,9 +72,15 @@ fn datagram(now: Instant, to: &str, from: &str, bytes: &[u8]) -> TaggedBytesMut 
 
 fn peer_connection(lite: bool, at: &str, now: Instant) -> RTCPeerConnection {
     let (media, interceptors) = media_and_interceptors().expect("videoroom's codecs register");
+    let mut settings = SettingEngineBuilder::new().with_lite(lite);
+    if lite {
+        // As the server's endpoints answer: the client opens DTLS.
+        settings = settings.with_answering_dtls_role(RTCDtlsRole::Server);
+    }
+    let settings = settings.build();
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_setting_engine(SettingEngineBuilder::new().with_lite(lite).build())
+        .with_setting_engine(settings)
         .with_media_engine(media)
         .with_interceptor_registry(interceptors)
         .build(now)
@@ -199,8 +209,12 @@ fn negotiate() -> Media {
     }
 }
 
-/// What the SFU itself reads of a datagram that looks like RTP or RTCP.
+/// What the SFU itself reads of a datagram: the STUN username its worker routes by, and RTP
+/// or RTCP.
 fn read_as_media(bytes: &[u8]) {
+    if let Some(ufrag) = stun_local_ufrag(bytes) {
+        assert!(!ufrag.is_empty() && !ufrag.contains(':'));
+    }
     if let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut &bytes[..]) {
         read_rtp(&packet);
     }
