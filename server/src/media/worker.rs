@@ -637,6 +637,7 @@ impl Media {
     fn start_sending(&mut self, key: EndpointKey) -> BTreeMap<String, TrackId> {
         let mut unplaced = Vec::new();
         let endpoint = self.endpoints.get_mut(&key).expect("the caller checked it");
+        let connected = endpoint.connected;
         for (track_id, subscribed) in &mut endpoint.subscriptions {
             let mid = endpoint
                 .pc
@@ -684,12 +685,16 @@ impl Media {
                         sender: subscribed.sender,
                         down_track,
                     });
-                    // It starts at the next keyframe: ask for one now.
-                    want_keyframe(
-                        &mut self.keyframes_wanted,
-                        subscribed.publication,
-                        publication,
-                    );
+                    // It starts at the next keyframe: ask for one now if the subscriber's
+                    // connection is up, else when it comes up (a keyframe sent before would be
+                    // lost, and the request throttle would delay the one that counts).
+                    if connected {
+                        want_keyframe(
+                            &mut self.keyframes_wanted,
+                            subscribed.publication,
+                            publication,
+                        );
+                    }
                 }
             }
             subscribed.mid = Some(mid);
@@ -880,11 +885,16 @@ impl Media {
         let mut sent = 0;
         let mut waiting = false;
         for leg in &mut publication.legs {
-            let Some(numbers) = leg.down_track.admit(codec, keyframe, &packet.header, now) else {
-                waiting |= leg.down_track.waits_for_keyframe();
+            let Some(subscriber) = self.endpoints.get_mut(&leg.subscriber) else {
                 continue;
             };
-            let Some(subscriber) = self.endpoints.get_mut(&leg.subscriber) else {
+            // Nothing reaches a subscriber before its connection is up: its leg starts at the
+            // first keyframe after that (asked for when it comes up), not at one it never got.
+            if !subscriber.connected {
+                continue;
+            }
+            let Some(numbers) = leg.down_track.admit(codec, keyframe, &packet.header, now) else {
+                waiting |= leg.down_track.waits_for_keyframe();
                 continue;
             };
             let copy = rtp::Packet {
