@@ -125,6 +125,8 @@ impl Worker {
     async fn run(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut next_tick = tokio::time::Instant::now() + TICK;
         loop {
+            // A worker without connections has no timers to run: it sleeps until told.
+            let ticking = !self.media.endpoints.is_empty();
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -143,7 +145,7 @@ impl Worker {
                     Err(err) => tracing::debug!(%err, "ICE-TCP accept"),
                 },
                 Some(frame) = self.tcp_frames.recv() => self.on_tcp_frame(frame),
-                () = sleep_until(next_tick) => {
+                () = sleep_until(next_tick), if ticking => {
                     next_tick = tokio::time::Instant::now() + TICK;
                     self.media.on_tick(Instant::now());
                 }
