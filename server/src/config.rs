@@ -42,9 +42,10 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_ANNOUNCE_IP")]
     pub announce_ip: Option<IpAddr>,
 
-    /// UDP port of the first media worker; each next worker takes the next port. Every peer
-    /// connection of a worker shares its port. 0 picks free ports.
-    #[arg(long, env = "VIDEOROOM_MEDIA_PORT", default_value_t = 4000)]
+    /// Media port of the first worker (UDP, and TCP for ICE over TCP); each next worker takes
+    /// the next port. Every peer connection of a worker shares its port. 0 picks free ports.
+    /// Just above the HTTP port by default: ICE-TCP cannot share it.
+    #[arg(long, env = "VIDEOROOM_MEDIA_PORT", default_value_t = 4001)]
     pub media_port: u16,
 
     /// Media worker threads, each with its own UDP port and rooms; 0 for one per core.
@@ -188,7 +189,7 @@ mod tests {
         let config = Config::defaults();
         assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 4000));
         assert!(config.turn.is_empty());
-        assert_eq!((config.media_port, config.media_workers), (4000, 0));
+        assert_eq!((config.media_port, config.media_workers), (4001, 0));
     }
 
     #[test]

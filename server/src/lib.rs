@@ -65,7 +65,7 @@ pub async fn serve(
     let address = listener.local_addr().context("listener has no address")?;
     // Before anything is counted.
     telemetry::prometheus();
-    let media = MediaEngine::start(&MediaSettings::from_config(&config)?)?;
+    let media = MediaEngine::start(&MediaSettings::from_config(&config, address)?)?;
     let rooms = Registry::new(RoomSettings {
         limits: Arc::new(config.limits.clone()),
         media: media.clone(),

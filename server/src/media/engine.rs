@@ -117,7 +117,9 @@ pub struct MediaSettings {
 }
 
 impl MediaSettings {
-    pub fn from_config(config: &Config) -> anyhow::Result<MediaSettings> {
+    /// The media settings of `config`, for a server whose HTTP listener is at `http` (the
+    /// workers' TCP ports must not be its port).
+    pub fn from_config(config: &Config, http: SocketAddr) -> anyhow::Result<MediaSettings> {
         let candidate_ip = config.announce_ip.unwrap_or(config.media_ip);
         anyhow::ensure!(
             !candidate_ip.is_unspecified(),
@@ -128,6 +130,18 @@ impl MediaSettings {
             0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
             workers => workers,
         };
+        let first = usize::from(config.media_port);
+        let same_address = http.ip() == config.media_ip
+            || http.ip().is_unspecified()
+            || config.media_ip.is_unspecified();
+        let ports = first..first + workers;
+        anyhow::ensure!(
+            first == 0 || !same_address || !ports.contains(&usize::from(http.port())),
+            "the media ports {}-{} (--media-port, one per worker, UDP and TCP) include the HTTP port {} (--port)",
+            ports.start,
+            ports.end - 1,
+            http.port()
+        );
         Ok(MediaSettings {
             bind_ip: config.media_ip,
             candidate_ip,
@@ -380,5 +394,38 @@ impl Drop for EndpointHandle {
             .commands
             .send(Command::RemoveEndpoint { key: self.key });
         self.endpoints.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(port: u16, media_port: u16, workers: usize) -> anyhow::Result<MediaSettings> {
+        let config = Config {
+            media_port,
+            media_workers: workers,
+            ..Config::defaults()
+        };
+        MediaSettings::from_config(&config, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn the_default_media_ports_leave_the_http_port_alone() {
+        let config = Config::defaults();
+        let http = SocketAddr::from(([127, 0, 0, 1], config.port));
+        assert!(MediaSettings::from_config(&config, http).is_ok());
+    }
+
+    #[test]
+    fn media_ports_that_take_the_http_port_are_refused_with_both_flags_named() {
+        let err = settings(4002, 4001, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("--media-port") && err.contains("--port"),
+            "{err}"
+        );
+        assert!(settings(4003, 4001, 2).is_ok());
+        // Free ports never collide.
+        assert!(settings(4000, 0, 2).is_ok());
     }
 }
