@@ -236,18 +236,14 @@ async fn renewed_certificate_files_are_served_without_a_restart() {
     wait_to_show(port, &second).await;
 }
 
-/// SIGHUP reloads the files at once, even when their modification times did not change (so the
-/// periodic check would not notice), and does not stop the server.
-#[tokio::test]
-async fn sighup_reloads_the_certificate_files() {
-    let dir = temp_dir("tls-sighup");
-    let first = write_certificate(&dir, false);
+/// The `videoroom` binary on a free port (media on free ports too) with `args`, and the port.
+fn spawn_videoroom(args: &[&str]) -> (tokio::process::Child, u16) {
     let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_videoroom"))
+    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_videoroom"))
         .args([
             "--port",
             &port.to_string(),
@@ -256,20 +252,34 @@ async fn sighup_reloads_the_certificate_files() {
             "--log",
             "error",
         ])
-        .arg("--tls-cert")
-        .arg(dir.join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("key.pem"))
+        .args(args)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_to_show(port, &first).await;
-    let second = write_certificate(&dir, true);
-    let hangup = std::process::Command::new("kill")
+    (process, port)
+}
+
+/// Sends SIGHUP to `process`.
+fn hang_up(process: &tokio::process::Child) {
+    let sent = std::process::Command::new("kill")
         .args(["-HUP", &process.id().unwrap().to_string()])
         .status()
         .unwrap();
-    assert!(hangup.success());
+    assert!(sent.success());
+}
+
+/// SIGHUP reloads the files at once, even when their modification times did not change (so the
+/// periodic check would not notice), and does not stop the server.
+#[tokio::test]
+async fn sighup_reloads_the_certificate_files() {
+    let dir = temp_dir("tls-sighup");
+    let first = write_certificate(&dir, false);
+    let cert = dir.join("cert.pem").display().to_string();
+    let key = dir.join("key.pem").display().to_string();
+    let (mut process, port) = spawn_videoroom(&["--tls-cert", &cert, "--tls-key", &key]);
+    wait_to_show(port, &first).await;
+    let second = write_certificate(&dir, true);
+    hang_up(&process);
     wait_to_show(port, &second).await;
     assert!(
         process.try_wait().unwrap().is_none(),
@@ -281,23 +291,7 @@ async fn sighup_reloads_the_certificate_files() {
 /// not stop the server.
 #[tokio::test]
 async fn sighup_without_certificate_files_leaves_the_server_running() {
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_videoroom"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--media-port",
-            "0",
-            "--log",
-            "error",
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut process, port) = spawn_videoroom(&[]);
     let health = format!("http://127.0.0.1:{port}/health");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while reqwest::get(&health).await.is_err() {
@@ -307,11 +301,7 @@ async fn sighup_without_certificate_files_leaves_the_server_running() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let hangup = std::process::Command::new("kill")
-        .args(["-HUP", &process.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(hangup.success());
+    hang_up(&process);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         process.try_wait().unwrap().is_none(),

@@ -110,11 +110,6 @@ impl Demux {
         }
         owned.addresses
     }
-
-    /// How many addresses are known, for tests and gauges.
-    pub fn addresses(&self) -> usize {
-        self.by_address.len()
-    }
 }
 
 #[cfg(test)]
@@ -198,7 +193,7 @@ mod tests {
         assert!(demux.remove(1).is_empty());
         assert_eq!(demux.route(address(5000), &[0x80; 40]), Some(2));
         assert_eq!(demux.remove(2), [address(5000)]);
-        assert_eq!((demux.addresses(), demux.by_ufrag.len()), (0, 0));
+        assert_eq!((demux.by_address.len(), demux.by_ufrag.len()), (0, 0));
     }
 
     #[test]
@@ -208,7 +203,7 @@ mod tests {
         for port in 0..100 {
             demux.route(address(port), &binding_request("one:c"));
         }
-        assert_eq!(demux.addresses(), ADDRESSES_PER_ENDPOINT);
+        assert_eq!(demux.by_address.len(), ADDRESSES_PER_ENDPOINT);
         assert_eq!(demux.route(address(99), &[0x80; 40]), Some(1));
         assert_eq!(demux.route(address(0), &[0x80; 40]), None);
     }

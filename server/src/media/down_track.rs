@@ -61,10 +61,6 @@ impl DownTrack {
         }
     }
 
-    pub fn ssrc(&self) -> u32 {
-        self.ssrc
-    }
-
     /// Records the payload types the subscriber's answer gave each codec.
     pub fn set_payload_types(&mut self, payload_types: Vec<(Codec, u8)>) {
         self.payload_types = payload_types;

@@ -50,7 +50,6 @@ pub struct Endpoint {
     pub stopped: BTreeMap<String, TrackId>,
     /// The client's candidates that came before its first offer.
     pub early_candidates: Vec<String>,
-    pub answered: bool,
     /// Whether ICE and DTLS are up now.
     pub connected: bool,
     /// When the connection must be up by, after an answer.
@@ -121,7 +120,6 @@ impl Endpoint {
             subscriptions: BTreeMap::new(),
             stopped: BTreeMap::new(),
             early_candidates: Vec::new(),
-            answered: false,
             connected: false,
             connect_due: None,
             timer: None,

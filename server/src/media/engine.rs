@@ -158,7 +158,6 @@ struct WorkerLink {
     commands: mpsc::UnboundedSender<Command>,
     /// Endpoints placed on it now: where the next room goes.
     endpoints: Arc<AtomicUsize>,
-    address: Option<SocketAddr>,
 }
 
 /// The media workers. Dropping the engine (and every room's [`RoomMedia`]) stops them.
@@ -199,7 +198,6 @@ impl MediaEngine {
             workers.push(WorkerLink {
                 commands,
                 endpoints: Arc::default(),
-                address: Some(bound),
             });
         }
         Ok(Arc::new(MediaEngine {
@@ -219,21 +217,12 @@ impl MediaEngine {
             workers: vec![WorkerLink {
                 commands,
                 endpoints: Arc::default(),
-                address: None,
             }],
             peer_connections: Quota::new(max_peer_connections),
             next_room: AtomicU64::new(0),
             threads: Mutex::default(),
             _parked: Mutex::new(vec![receiver]),
         })
-    }
-
-    /// The workers' UDP addresses.
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.workers
-            .iter()
-            .filter_map(|worker| worker.address)
-            .collect()
     }
 
     /// Peer connections open now, across all rooms.

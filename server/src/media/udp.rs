@@ -96,8 +96,10 @@ impl MediaSocket {
             meta,
             ..
         } = self;
-        let mut buffers: Vec<IoSliceMut<'_>> = Vec::with_capacity(RECEIVE_BATCH);
-        buffers.extend(slots.chunks_mut(SLOT_SIZE).map(IoSliceMut::new));
+        // On the stack: no allocation per batch.
+        let mut slots = slots.chunks_mut(SLOT_SIZE);
+        let mut buffers: [IoSliceMut<'_>; RECEIVE_BATCH] =
+            std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("RECEIVE_BATCH slots")));
         let received = match socket.try_io(Interest::READABLE, || {
             state.recv((&*socket).into(), &mut buffers, meta)
         }) {

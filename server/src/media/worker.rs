@@ -466,7 +466,6 @@ impl Media {
         let sending = self.start_sending(key);
         let endpoint = self.endpoints.get_mut(&key).expect("checked above");
         endpoint.report(EndpointEvent::Answer { sdp, sending });
-        endpoint.answered = true;
         if !endpoint.connected {
             endpoint.connect_due = Some(now + self.settings.ice_timeout);
         }
