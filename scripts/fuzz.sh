@@ -13,7 +13,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frames room sdp_offer datagrams)
+  targets=(frames room sdp_offer datagrams turn)
 fi
 
 ensure_fuzz_tools

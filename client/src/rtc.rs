@@ -448,6 +448,15 @@ impl Session {
     /// Creates the peer connection with the local tracks on it, sending only.
     fn connect(&self, turn_servers: &[TurnServer]) -> Result<RtcPeerConnection, JsValue> {
         let config = RtcConfiguration::new();
+        let only_transport = ice_setting("videoroom.turnTransport");
+        let turn_servers: Vec<&TurnServer> = turn_servers
+            .iter()
+            .filter(|turn| {
+                only_transport
+                    .as_deref()
+                    .is_none_or(|only| turn.transport.as_str() == only)
+            })
+            .collect();
         if !turn_servers.is_empty() {
             let servers = js_sys::Array::new();
             for turn in turn_servers {
@@ -459,7 +468,7 @@ impl Session {
             }
             config.set_ice_servers(&servers);
         }
-        if relay_only() {
+        if ice_setting("videoroom.iceTransportPolicy").as_deref() == Some("relay") {
             config.set_ice_transport_policy(RtcIceTransportPolicy::Relay);
         }
         let pc = RtcPeerConnection::new_with_configuration(&config)?;
@@ -637,16 +646,16 @@ fn stop_tracks(stream: Option<&MediaStream>) {
     }
 }
 
-/// Whether the page may only use relayed (TURN) candidates, as behind a network that lets
-/// nothing else through: set by `localStorage["videoroom.iceTransportPolicy"] = "relay"`, for
-/// tests and for checking a TURN setup by hand.
-fn relay_only() -> bool {
+/// A connection setting for tests and for checking a TURN setup by hand, from `localStorage`:
+/// `videoroom.iceTransportPolicy = "relay"` uses relayed candidates only, as behind a network
+/// that lets nothing else through; `videoroom.turnTransport = "udp" | "tcp" | "tls"` keeps only
+/// the TURN servers reached that way.
+fn ice_setting(key: &str) -> Option<String> {
     use gloo::storage::Storage;
     gloo::storage::LocalStorage::raw()
-        .get_item("videoroom.iceTransportPolicy")
+        .get_item(key)
         .ok()
         .flatten()
-        .is_some_and(|policy| policy == "relay")
 }
 
 /// The stream's microphone (`Audio`) or camera (any other type) tracks, or all of them.

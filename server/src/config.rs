@@ -1,6 +1,7 @@
 //! The server's configuration: command-line flags, each with an environment-variable fallback.
 
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,22 +59,48 @@ pub struct Config {
     #[arg(long = "turn", env = "VIDEOROOM_TURN", value_delimiter = ',', value_parser = parse_turn)]
     pub turn: Vec<(String, u16, TurnTransport)>,
 
-    /// The TURN servers' shared secret (coturn's `static-auth-secret`): each peer then gets
-    /// credentials of its own that expire, instead of a password shared by every client.
+    /// The TURN secret (coturn's `static-auth-secret`): the embedded TURN server checks the
+    /// credentials it gives each peer with it, and so can --turn servers, which then get the
+    /// same per-peer credentials instead of --turn-username/--turn-password. Without it the
+    /// embedded server makes a random one at start.
     #[arg(long, env = "VIDEOROOM_TURN_SECRET", conflicts_with_all = ["turn_username", "turn_password"])]
     pub turn_secret: Option<String>,
 
-    /// How long a peer's TURN credentials from --turn-secret stay valid, in seconds.
+    /// How long a peer's TURN credentials stay valid, in seconds (a call that lasts longer
+    /// loses its relay).
     #[arg(long, env = "VIDEOROOM_TURN_CREDENTIAL_TTL", default_value = "43200", value_parser = parse_seconds)]
     pub turn_credential_ttl: Duration,
 
-    /// A username every client gets for the TURN servers (prefer --turn-secret).
+    /// A username every client gets for the --turn servers (prefer --turn-secret).
     #[arg(long, env = "VIDEOROOM_TURN_USERNAME", default_value = "")]
     pub turn_username: String,
 
-    /// A password every client gets for the TURN servers (prefer --turn-secret).
+    /// A password every client gets for the --turn servers (prefer --turn-secret).
     #[arg(long, env = "VIDEOROOM_TURN_PASSWORD", default_value = "")]
     pub turn_password: String,
+
+    /// Turns the embedded TURN server off (clients then get only the --turn servers; a
+    /// Membrane client, which uses relayed candidates only, cannot connect without one).
+    #[arg(long, env = "VIDEOROOM_NO_TURN_SERVER")]
+    pub no_turn_server: bool,
+
+    /// The embedded TURN server's port, UDP and TCP, on --media-ip. 0 picks a free one.
+    #[arg(long, env = "VIDEOROOM_TURN_PORT", default_value_t = 3478)]
+    pub turn_port: u16,
+
+    /// The embedded TURN server's TLS port, served when HTTPS is (--tls-cert or
+    /// --tls-self-signed). 0 picks a free one.
+    #[arg(long, env = "VIDEOROOM_TURN_TLS_PORT", default_value_t = 5349)]
+    pub turn_tls_port: u16,
+
+    /// The UDP ports the embedded TURN server relays from, as `FIRST-LAST`.
+    #[arg(long, env = "VIDEOROOM_TURN_RELAY_PORTS", default_value = "49152-65535", value_parser = parse_port_range)]
+    pub turn_relay_ports: RangeInclusive<u16>,
+
+    /// Lets the embedded TURN server relay to loopback, private and link-local addresses (not
+    /// only to the media ports and public addresses): for tests and closed networks.
+    #[arg(long, env = "VIDEOROOM_TURN_RELAY_PRIVATE")]
+    pub turn_relay_private: bool,
 
     /// Web origins whose pages may open the signaling socket, e.g. `https://meet.example.org`;
     /// repeatable or comma-separated. The page's own origin (and, on a loopback address, any
@@ -159,6 +186,18 @@ impl Config {
     }
 }
 
+fn parse_port_range(range: &str) -> Result<RangeInclusive<u16>, String> {
+    let ports = range
+        .split_once('-')
+        .and_then(|(first, last)| Some((first.trim().parse().ok()?, last.trim().parse().ok()?)));
+    match ports {
+        Some((first, last)) if 0 < first && first <= last => Ok(first..=last),
+        _ => Err(format!(
+            "`{range}` is not a port range FIRST-LAST (1-65535)"
+        )),
+    }
+}
+
 fn parse_turn(server: &str) -> Result<(String, u16, TurnTransport), String> {
     let (address, transport) = match server.split_once("?transport=") {
         None => (server, TurnTransport::Udp),
@@ -190,6 +229,11 @@ mod tests {
         assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 4000));
         assert!(config.turn.is_empty());
         assert_eq!((config.media_port, config.media_workers), (4001, 0));
+        assert!(!config.no_turn_server, "the embedded TURN server is on");
+        assert_eq!(
+            (config.turn_port, config.turn_relay_ports),
+            (3478, 49152..=65535)
+        );
     }
 
     #[test]
@@ -223,6 +267,10 @@ mod tests {
     fn bad_flags_are_explained() {
         assert!(Config::try_parse_from(["videoroom", "--media-port", "50000-50010"]).is_err());
         assert!(parse_turn("turn.example.org").is_err());
+        assert_eq!(parse_port_range("40000-40099"), Ok(40000..=40099));
+        for bad in ["40000", "0-10", "50-40", "a-b", "1-70000"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
         assert!(parse_turn("h:1?transport=sctp")
             .unwrap_err()
             .contains("sctp"));

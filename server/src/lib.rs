@@ -6,7 +6,8 @@
 //!   task per room that owns its peers, tracks and negotiations;
 //! - [`media`]: media worker threads, each with one UDP socket and the peer connections of the
 //!   rooms placed on it; incoming RTP goes straight to the subscribers' down-tracks on the same
-//!   thread, never through the room.
+//!   thread, never through the room;
+//! - [`turn`]: the embedded TURN server, for browsers that cannot reach the media ports.
 //!
 //! [`limits`] holds every bound a client could otherwise push, [`test_hooks`] the faults tests
 //! inject.
@@ -19,11 +20,12 @@ pub mod limits;
 mod listener;
 pub mod media;
 mod origin;
+mod ports;
 pub mod signaling;
 pub mod telemetry;
 pub mod test_hooks;
 mod tls;
-mod turn;
+pub mod turn;
 mod web_client;
 
 use std::future::Future;
@@ -41,7 +43,6 @@ use crate::access::JoinSecret;
 use crate::media::engine::{MediaEngine, MediaSettings};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::RoomSettings;
-use crate::turn::TurnServers;
 
 /// How long a shutdown may take to tell every peer and close their sockets; the process exits
 /// after it in any case.
@@ -66,16 +67,17 @@ pub async fn serve(
     // Before anything is counted.
     telemetry::prometheus();
     let media = MediaEngine::start(&MediaSettings::from_config(&config, address)?)?;
+    let (tls, reloadable) = tls::acceptor(&config)
+        .context("cannot set up HTTPS")?
+        .unzip();
+    let (turn_server, turn) = turn::start(&config, media.ports(), tls.as_ref())?;
     let rooms = Registry::new(RoomSettings {
         limits: Arc::new(config.limits.clone()),
         media: media.clone(),
         test_hooks: config.test_hooks.clone(),
-        turn: TurnServers::from_config(&config),
+        turn,
         join_secret: config.join_secret.as_deref().map(JoinSecret::new),
     });
-    let (tls, reloadable) = tls::acceptor(&config)
-        .context("cannot set up HTTPS")?
-        .unzip();
     // A certificate from files follows them (SIGHUP, or a change seen on disk).
     let following = tokio::spawn(tls::follow(reloadable.flatten(), tls::hangups()));
     let app = http::router(&config, rooms.clone());
@@ -103,6 +105,7 @@ pub async fn serve(
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}; leaving them");
     }
     following.abort();
+    drop(turn_server);
     // The peers were told; their media connections close with the workers.
     tokio::task::spawn_blocking(move || media.stop(MEDIA_STOP_GRACE))
         .await

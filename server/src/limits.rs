@@ -6,6 +6,7 @@
 //! [`Quota`]s and [`AddressQuota`]s whose guards give back on drop, so a panicking task leaks none.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -74,6 +75,19 @@ pub struct Limits {
     /// TCP connections in all.
     #[arg(long, env = "VIDEOROOM_MAX_CONNECTIONS", default_value_t = 8192)]
     pub max_connections: usize,
+
+    /// TURN allocations (relayed addresses) of the embedded TURN server in all.
+    #[arg(long, env = "VIDEOROOM_MAX_TURN_ALLOCATIONS", default_value_t = 4000)]
+    pub max_turn_allocations: usize,
+
+    /// TURN allocations one peer's credentials may hold (a browser makes one per TURN entry
+    /// and ICE restart, and lets the old ones go).
+    #[arg(
+        long,
+        env = "VIDEOROOM_MAX_TURN_ALLOCATIONS_PER_PEER",
+        default_value_t = 16
+    )]
+    pub max_turn_allocations_per_peer: usize,
 
     /// Messages a socket may send per second, on average; twice as many in a burst. A socket
     /// that sends faster is closed (1008).
@@ -257,32 +271,37 @@ impl Drop for QuotaGuard {
     }
 }
 
-/// A count per IP address, up to a maximum each.
+/// A count per key (a client's IP address, a TURN user), up to a maximum each.
 #[derive(Debug)]
-pub struct AddressQuota {
-    used: Mutex<HashMap<IpAddr, usize>>,
+pub struct KeyedQuota<K: Hash + Eq + Clone> {
+    used: Mutex<HashMap<K, usize>>,
     max: usize,
 }
 
-impl AddressQuota {
-    pub fn new(max: usize) -> Arc<AddressQuota> {
-        Arc::new(AddressQuota {
+/// Counts per IP address.
+pub type AddressQuota = KeyedQuota<IpAddr>;
+/// One unit of an [`AddressQuota`].
+pub type AddressGuard = KeyedGuard<IpAddr>;
+
+impl<K: Hash + Eq + Clone> KeyedQuota<K> {
+    pub fn new(max: usize) -> Arc<KeyedQuota<K>> {
+        Arc::new(KeyedQuota {
             used: Mutex::default(),
             max,
         })
     }
 
-    /// Takes one for `address`, or `None` when it has all it may have.
-    pub fn try_take(self: &Arc<Self>, address: IpAddr) -> Option<AddressGuard> {
+    /// Takes one for `key`, or `None` when it has all it may have.
+    pub fn try_take(self: &Arc<Self>, key: K) -> Option<KeyedGuard<K>> {
         let mut used = self.lock();
-        let count = used.entry(address).or_insert(0);
+        let count = used.entry(key.clone()).or_insert(0);
         if *count >= self.max {
             return None;
         }
         *count += 1;
-        Some(AddressGuard {
+        Some(KeyedGuard {
             quota: self.clone(),
-            address,
+            key,
         })
     }
 
@@ -290,26 +309,26 @@ impl AddressQuota {
         self.max
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
         // Every update is one call that leaves the map consistent, even if its holder panicked.
         self.used.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// One unit of an [`AddressQuota`], given back when dropped.
+/// One unit of a [`KeyedQuota`], given back when dropped.
 #[derive(Debug)]
-pub struct AddressGuard {
-    quota: Arc<AddressQuota>,
-    address: IpAddr,
+pub struct KeyedGuard<K: Hash + Eq + Clone> {
+    quota: Arc<KeyedQuota<K>>,
+    key: K,
 }
 
-impl Drop for AddressGuard {
+impl<K: Hash + Eq + Clone> Drop for KeyedGuard<K> {
     fn drop(&mut self) {
         let mut used = self.quota.lock();
-        if let Some(count) = used.get_mut(&self.address) {
+        if let Some(count) = used.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                used.remove(&self.address);
+                used.remove(&self.key);
             }
         }
     }

@@ -17,6 +17,11 @@ pub const MEDIA_DATAGRAMS_RECEIVED: &str = "videoroom_media_datagrams_received_t
 pub const MEDIA_DATAGRAMS_UNROUTED: &str = "videoroom_media_datagrams_unrouted_total";
 pub const MEDIA_DATAGRAMS_SENT: &str = "videoroom_media_datagrams_sent_total";
 pub const MEDIA_DATAGRAMS_DROPPED: &str = "videoroom_media_datagrams_dropped_total";
+pub const TURN_ALLOCATIONS: &str = "videoroom_turn_allocations";
+pub const TURN_ALLOCATIONS_TOTAL: &str = "videoroom_turn_allocations_total";
+pub const TURN_REFUSALS: &str = "videoroom_turn_refusals_total";
+pub const TURN_RELAYED: &str = "videoroom_turn_relayed_datagrams_total";
+pub const TURN_DROPPED: &str = "videoroom_turn_dropped_datagrams_total";
 pub const LIMIT_REFUSALS: &str = "videoroom_limit_refusals_total";
 pub const SOCKETS_OPENED: &str = "videoroom_sockets_opened_total";
 pub const JOIN_SECONDS: &str = "videoroom_join_seconds";
@@ -59,6 +64,20 @@ fn describe() {
     metrics::describe_counter!(
         MEDIA_DATAGRAMS_DROPPED,
         "UDP datagrams the kernel refused (a full buffer, an unreachable address): dropped, never waited for"
+    );
+    metrics::describe_gauge!(TURN_ALLOCATIONS, "TURN allocations open now");
+    metrics::describe_counter!(TURN_ALLOCATIONS_TOTAL, "TURN allocations made");
+    metrics::describe_counter!(
+        TURN_REFUSALS,
+        "TURN requests refused, by STUN error code (401 is also every client's first request)"
+    );
+    metrics::describe_counter!(
+        TURN_RELAYED,
+        "datagrams the TURN server relayed, to peers or back to clients"
+    );
+    metrics::describe_counter!(
+        TURN_DROPPED,
+        "datagrams the TURN server did not relay: no permission or channel, or a full queue"
     );
     metrics::describe_counter!(LIMIT_REFUSALS, "requests refused by a limit, by its flag");
     metrics::describe_counter!(SOCKETS_OPENED, "signaling sockets opened");

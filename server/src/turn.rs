@@ -1,148 +1,109 @@
-//! The TURN servers a peer is handed in `offerData` (`integratedTurnServers`), with its
-//! credentials. With `--turn-secret` each peer gets credentials of its own that expire, in the
-//! TURN REST scheme coturn checks with `use-auth-secret`: the username is `EXPIRY:PEER_ID`
-//! (EXPIRY in Unix seconds) and the password base64(HMAC-SHA1(secret, username)), so nothing a
-//! client sees lets anyone else use the relay past the expiry. Otherwise every client gets the
-//! one `--turn-username`/`--turn-password`.
+//! TURN: relayed media for browsers that cannot reach the media ports directly (UDP blocked,
+//! strict NATs) and for Membrane clients, which always relay. The server embeds a TURN server
+//! (on by default) whose credentials it hands each peer in `offerData`, and can hand out
+//! external ones too.
+//! - [`offer`]: the list a peer is given, with its credentials;
+//! - [`credentials`]: the REST credentials and nonces, checked from the secret alone;
+//! - [`stun`]: the message codec;
+//! - [`relay`]: requests, allocations and relaying;
+//! - [`policy`]: which peers the relay may reach;
+//! - [`server`]: the UDP, TCP and TLS transports.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub mod credentials;
+mod offer;
+mod policy;
+mod relay;
+mod server;
+pub mod stun;
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use shared::server_event::{TurnServer, TurnTransport};
-use shared::PeerId;
+use std::net::SocketAddr;
 
+use anyhow::Context;
+pub use offer::TurnServers;
+pub use relay::REALM;
+use tokio_rustls::TlsAcceptor;
+
+use self::credentials::Secret;
+use self::offer::Embedded;
+use self::policy::PeerPolicy;
+use self::relay::{Relay, RelayMetrics};
+pub use self::server::TurnServer;
+use crate::limits::{KeyedQuota, Quota};
+use crate::ports::bind_udp_and_tcp;
 use crate::Config;
 
-/// The configured TURN servers and how their credentials are given.
-#[derive(Debug)]
-pub struct TurnServers {
-    servers: Vec<(String, u16, TurnTransport)>,
-    credentials: Credentials,
-}
-
-#[derive(Debug)]
-enum Credentials {
-    Shared { username: String, password: String },
-    PerPeer { secret: String, ttl: Duration },
-}
-
-impl TurnServers {
-    pub fn from_config(config: &Config) -> TurnServers {
-        let credentials = match &config.turn_secret {
-            Some(secret) => Credentials::PerPeer {
-                secret: secret.clone(),
-                ttl: config.turn_credential_ttl,
-            },
-            None => Credentials::Shared {
-                username: config.turn_username.clone(),
-                password: config.turn_password.clone(),
-            },
-        };
-        TurnServers {
-            servers: config.turn.clone(),
-            credentials,
+/// Starts the embedded TURN server of `config` (unless `--no-turn-server`), next to media
+/// workers listening on `media_ports`; with `tls`, TURN over TLS too. Returns the running
+/// server, if any, and the list peers are handed.
+pub fn start(
+    config: &Config,
+    media_ports: &[u16],
+    tls: Option<&TlsAcceptor>,
+) -> anyhow::Result<(Option<TurnServer>, TurnServers)> {
+    if config.no_turn_server {
+        if config.turn.is_empty() {
+            tracing::warn!(
+                "no TURN server (--no-turn-server, no --turn): Membrane clients, which only relay, \
+                 and browsers on networks that block UDP cannot get media"
+            );
         }
+        return Ok((None, TurnServers::new(config, None)));
     }
-
-    /// The servers for `peer`, with credentials valid from `now`.
-    pub fn for_peer(&self, peer: &PeerId, now: SystemTime) -> Vec<TurnServer> {
-        if self.servers.is_empty() {
-            return Vec::new();
+    let announced = config.announce_ip.unwrap_or(config.media_ip);
+    let secret = match &config.turn_secret {
+        Some(secret) => Secret::new(secret.as_bytes()),
+        None => Secret::generate(),
+    };
+    let relay = Relay {
+        secret: secret.clone(),
+        policy: PeerPolicy {
+            media_ports: media_ports.to_vec(),
+            media_announced: announced,
+            media_bound: config.media_ip,
+            allow_private: config.turn_relay_private,
+        },
+        relay_bind: config.media_ip,
+        relay_announced: announced,
+        relay_ports: config.turn_relay_ports.clone(),
+        allocations: Quota::new(config.limits.max_turn_allocations),
+        per_peer: KeyedQuota::new(config.limits.max_turn_allocations_per_peer),
+        metrics: RelayMetrics::new(),
+    };
+    let plain = bind_udp_and_tcp(
+        config.media_ip,
+        config.turn_port,
+        "the TURN port (--media-ip, --turn-port)",
+    )?;
+    let tls = match tls {
+        Some(acceptor) => {
+            let address = SocketAddr::new(config.media_ip, config.turn_tls_port);
+            let listener = std::net::TcpListener::bind(address).with_context(|| {
+                format!(
+                    "cannot listen for TURN over TLS on {address} (--media-ip, --turn-tls-port)"
+                )
+            })?;
+            Some((listener, without_alpn(acceptor)))
         }
-        let (username, password) = match &self.credentials {
-            Credentials::Shared { username, password } => (username.clone(), password.clone()),
-            Credentials::PerPeer { secret, ttl } => {
-                let expiry = (now + *ttl)
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                rest_credentials(secret, expiry, peer)
-            }
-        };
-        self.servers
-            .iter()
-            .map(|(host, port, transport)| TurnServer {
-                server_addr: host.clone(),
-                server_port: *port,
-                transport: *transport,
-                username: username.clone(),
-                password: password.clone(),
-            })
-            .collect()
-    }
+        None => None,
+    };
+    let server = TurnServer::start(relay, plain, tls, config.limits.max_connections)?;
+    tracing::info!(
+        address = %SocketAddr::new(config.media_ip, server.ports.plain),
+        tls_port = ?server.ports.tls,
+        "TURN server listening (UDP and TCP{})",
+        if server.ports.tls.is_some() { ", TLS" } else { "" }
+    );
+    let embedded = Embedded {
+        host: announced.to_string(),
+        ports: server.ports,
+        secret,
+    };
+    Ok((Some(server), TurnServers::new(config, Some(embedded))))
 }
 
-/// TURN REST credentials for `peer`, valid until `expiry` (Unix seconds).
-fn rest_credentials(secret: &str, expiry: u64, peer: &PeerId) -> (String, String) {
-    let username = format!("{expiry}:{peer}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(username.as_bytes());
-    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    fn peer() -> PeerId {
-        PeerId::from(uuid::Uuid::from_u128(1))
-    }
-
-    #[test]
-    fn rest_credentials_are_what_coturn_computes() {
-        // Computed independently: base64(hmac.new(b"north-wind", username, sha1).digest()).
-        let (username, password) = rest_credentials("north-wind", 1_700_000_000, &peer());
-        assert_eq!(username, "1700000000:00000000-0000-0000-0000-000000000001");
-        assert_eq!(password, "4AqJt2egfZwoALwg2Q076FgfOo0=");
-    }
-
-    #[test]
-    fn with_a_secret_each_peer_gets_its_own_expiring_credentials() {
-        let config = Config::parse_from([
-            "videoroom",
-            "--turn",
-            "turn.example.org:3478,turn.example.org:5349?transport=tls",
-            "--turn-secret",
-            "north-wind",
-            "--turn-credential-ttl",
-            "600",
-        ]);
-        let turn = TurnServers::from_config(&config);
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let servers = turn.for_peer(&peer(), now);
-        assert_eq!(servers.len(), 2);
-        assert_eq!(
-            servers[1].url(),
-            "turns:turn.example.org:5349?transport=tcp"
-        );
-        assert!(servers[0].username.starts_with("1700000600:"));
-        assert_eq!(servers[0].username, servers[1].username);
-        let other = turn.for_peer(&PeerId::from(uuid::Uuid::from_u128(2)), now);
-        assert_ne!(other[0].password, servers[0].password);
-    }
-
-    #[test]
-    fn without_a_secret_every_peer_gets_the_shared_credentials() {
-        let config = Config::parse_from([
-            "videoroom",
-            "--turn",
-            "turn.example.org:3478",
-            "--turn-username",
-            "u",
-            "--turn-password",
-            "p",
-        ]);
-        let servers = TurnServers::from_config(&config).for_peer(&peer(), SystemTime::now());
-        assert_eq!(
-            (servers[0].username.as_str(), servers[0].password.as_str()),
-            ("u", "p")
-        );
-        let none = TurnServers::from_config(&Config::parse_from(["videoroom"]));
-        assert!(none.for_peer(&peer(), SystemTime::now()).is_empty());
-    }
+/// TURN clients do not ask for HTTP's ALPN protocol, and must not be refused for it.
+fn without_alpn(acceptor: &TlsAcceptor) -> TlsAcceptor {
+    let mut config = (**acceptor.config()).clone();
+    config.alpn_protocols.clear();
+    TlsAcceptor::from(std::sync::Arc::new(config))
 }

@@ -28,6 +28,8 @@ async fn start(name: &str) -> String {
     let config = server::Config {
         static_dir: Some(static_dir(name)),
         media_port: 0,
+        turn_port: 0,
+        turn_tls_port: 0,
         ..server::Config::defaults()
     };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -98,6 +100,8 @@ async fn the_built_in_client_is_served_without_a_static_dir() {
         listener,
         server::Config {
             media_port: 0,
+            turn_port: 0,
+            turn_tls_port: 0,
             ..server::Config::defaults()
         },
         std::future::pending(),

@@ -58,6 +58,8 @@ async fn a_certificate_from_pem_files_serves_https() {
         tls_cert: Some(cert),
         tls_key: Some(key),
         media_port: 0,
+        turn_port: 0,
+        turn_tls_port: 0,
         ..server::Config::defaults()
     })
     .await;
@@ -136,16 +138,13 @@ async fn a_self_signed_certificate_is_made_for_localhost() {
     let port = start(server::Config {
         tls_self_signed: true,
         media_port: 0,
+        turn_port: 0,
+        turn_tls_port: 0,
         ..server::Config::defaults()
     })
     .await;
     let shown = Arc::new(Shown::default());
-    let anything = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(shown.clone())
-        .with_no_client_auth();
+    let anything = showing_to(shown.clone());
     let response = health(port, anything).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     // Trusted as a root, the certificate it showed verifies for `localhost`.
@@ -159,15 +158,110 @@ async fn a_self_signed_certificate_is_made_for_localhost() {
     assert!(response.ends_with("ok"), "{response}");
 }
 
-/// The certificate the server on `port` shows now.
-async fn shown_certificate(port: u16) -> std::io::Result<CertificateDer<'static>> {
-    let shown = Arc::new(Shown::default());
-    let anything = ClientConfig::builder_with_provider(provider())
+/// A client that takes any certificate, and keeps the one it was shown in `shown`.
+fn showing_to(shown: Arc<Shown>) -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(shown.clone())
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(shown)
+        .with_no_client_auth()
+}
+
+/// With HTTPS on, the embedded TURN server is also served over TLS on `--turn-tls-port`, to a
+/// client that asks for TURN's ALPN protocol (not HTTP's): it challenges an anonymous
+/// Allocate and grants one signed with credentials from the TURN secret.
+#[tokio::test]
+async fn turn_is_served_over_tls_beside_https() {
+    use server::turn::credentials::Secret;
+    use server::turn::stun::{self, attr, method, Class, Message, Writer};
+
+    let turn_tls_port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    start(server::Config {
+        tls_self_signed: true,
+        media_port: 0,
+        turn_port: 0,
+        turn_tls_port,
+        turn_secret: Some("north-wind".to_owned()),
+        ..server::Config::defaults()
+    })
+    .await;
+    let mut client = showing_to(Arc::default());
+    client.alpn_protocols = vec![b"stun.turn".to_vec()];
+    let tcp = connect_soon(turn_tls_port).await;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake with the TURN port");
+    let (username, password) = Secret::new("north-wind").issue(
+        "tls-peer",
+        std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+    );
+    let key = stun::long_term_key(&username, server::turn::REALM, &password);
+    let mut nonce = String::new();
+    for signed in [false, true] {
+        let mut request = Vec::new();
+        let mut writer = Writer::new(
+            &mut request,
+            method::ALLOCATE,
+            Class::Request,
+            [signed as u8; 12],
+        );
+        writer.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        if signed {
+            writer
+                .attribute(attr::USERNAME, username.as_bytes())
+                .attribute(attr::REALM, server::turn::REALM.as_bytes())
+                .attribute(attr::NONCE, nonce.as_bytes())
+                .integrity(&key);
+        }
+        tls.write_all(&request).await.unwrap();
+        let mut reply = vec![0u8; 20];
+        tls.read_exact(&mut reply).await.unwrap();
+        let length = usize::from(u16::from_be_bytes([reply[2], reply[3]]));
+        reply.resize(20 + length, 0);
+        tls.read_exact(&mut reply[20..]).await.unwrap();
+        let reply = Message::parse(&reply).unwrap();
+        if signed {
+            assert_eq!(
+                reply.class,
+                Class::Success,
+                "{:?}",
+                reply.get(attr::ERROR_CODE)
+            );
+            assert!(reply.xor_address(attr::XOR_RELAYED_ADDRESS).is_some());
+            assert!(reply.integrity_matches(&key));
+        } else {
+            assert_eq!(reply.class, Class::Error);
+            assert_eq!(
+                reply.get(attr::ERROR_CODE).map(|code| &code[2..4]),
+                Some(&[4, 1][..])
+            );
+            nonce = reply.text(attr::NONCE).expect("a nonce").to_owned();
+        }
+    }
+}
+
+/// A connection to `port`, which a server just started may not be listening on yet.
+async fn connect_soon(port: u16) -> TcpStream {
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+            return stream;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on port {port}");
+}
+
+/// The certificate the server on `port` shows now.
+async fn shown_certificate(port: u16) -> std::io::Result<CertificateDer<'static>> {
+    let shown = Arc::new(Shown::default());
+    let anything = showing_to(shown.clone());
     health(port, anything).await?;
     let cert = shown.0.lock().unwrap().clone();
     Ok(cert.expect("a certificate was shown"))
@@ -224,6 +318,8 @@ async fn renewed_certificate_files_are_served_without_a_restart() {
         tls_cert: Some(dir.join("cert.pem")),
         tls_key: Some(dir.join("key.pem")),
         media_port: 0,
+        turn_port: 0,
+        turn_tls_port: 0,
         ..server::Config::defaults()
     })
     .await;
@@ -248,6 +344,10 @@ fn spawn_videoroom(args: &[&str]) -> (tokio::process::Child, u16) {
             "--port",
             &port.to_string(),
             "--media-port",
+            "0",
+            "--turn-port",
+            "0",
+            "--turn-tls-port",
             "0",
             "--log",
             "error",

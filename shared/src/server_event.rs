@@ -172,6 +172,17 @@ pub enum TurnTransport {
     Tls,
 }
 
+impl TurnTransport {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnTransport::Udp => "udp",
+            TurnTransport::Tcp => "tcp",
+            TurnTransport::Tls => "tls",
+        }
+    }
+}
+
 impl TurnServer {
     /// The ICE server URL the Membrane client builds from this entry.
     pub fn url(&self) -> String {
@@ -180,10 +191,14 @@ impl TurnServer {
             TurnTransport::Tcp => ("turn", "tcp"),
             TurnTransport::Tls => ("turns", "tcp"),
         };
-        format!(
-            "{scheme}:{}:{}?transport={transport}",
-            self.server_addr, self.server_port
-        )
+        let host = &self.server_addr;
+        // An IPv6 address takes brackets in a URI (RFC 7065).
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        format!("{scheme}:{host}:{}?transport={transport}", self.server_port)
     }
 }
 

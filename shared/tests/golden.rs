@@ -325,6 +325,15 @@ fn server_offer_data() {
         password: "bWFjLXNlY3JldA==".to_owned(),
     };
     assert_eq!(turn.url(), "turn:203.0.113.10:50012?transport=udp");
+    let v6 = TurnServer {
+        server_addr: "2001:db8::10".to_owned(),
+        transport: TurnTransport::Tls,
+        ..turn.clone()
+    };
+    assert_eq!(v6.url(), "turns:[2001:db8::10]:50012?transport=tcp");
+    for transport in [TurnTransport::Udp, TurnTransport::Tcp, TurnTransport::Tls] {
+        assert_eq!(serde_json::to_value(transport).unwrap(), transport.as_str());
+    }
     check_server(
         fixture!("server", "offerData"),
         ServerEvent::OfferData(OfferData {

@@ -67,6 +67,8 @@ impl TestServer {
     pub async fn start_with(config: server::Config) -> anyhow::Result<TestServer> {
         let config = server::Config {
             media_port: 0,
+            turn_port: 0,
+            turn_tls_port: 0,
             ..config
         };
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;

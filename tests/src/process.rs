@@ -38,8 +38,8 @@ impl ServerProcess {
         )
     }
 
-    /// Starts `binary` with `args` (beside `--port`, `--media-port 0` and `--log error` unless
-    /// `args` set them) and waits until it answers `/health`.
+    /// Starts `binary` with `args` (beside `--port`, `--log error` and free media and TURN
+    /// ports, unless `args` set them) and waits until it answers `/health`.
     pub async fn spawn(binary: &Path, args: &[&str]) -> anyhow::Result<ServerProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -49,9 +49,11 @@ impl ServerProcess {
         if !args.contains(&"--log") {
             command.args(["--log", "error"]);
         }
-        // Free UDP ports: tests run many servers at once.
-        if !args.contains(&"--media-port") {
-            command.args(["--media-port", "0"]);
+        // Free ports: tests run many servers at once.
+        for flag in ["--media-port", "--turn-port", "--turn-tls-port"] {
+            if !args.contains(&flag) {
+                command.args([flag, "0"]);
+            }
         }
         let child = command
             .args(args)

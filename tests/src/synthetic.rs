@@ -27,7 +27,7 @@ use serde_json::json;
 use shared::client_event::{ClientCandidate, Join, SdpOffer, SdpType, SessionDescription};
 use shared::metadata::{peer_metadata, track_metadata, TrackType};
 use shared::phoenix::ReplyStatus;
-use shared::server_event::{OfferData, SdpAnswer};
+use shared::server_event::{OfferData, SdpAnswer, TurnServer, TurnTransport};
 use shared::{ClientEvent, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent, TrackId};
 
 use server::media::codec::Codec;
@@ -41,7 +41,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// What a synthetic peer publishes, and how.
@@ -62,6 +63,9 @@ pub struct PeerOptions {
     /// ICE over TCP only (active, to the server's passive candidate), as on a network that
     /// blocks UDP.
     pub tcp_only: bool,
+    /// Relayed candidates only, through the UDP TURN servers of the first `offerData`, as the
+    /// Membrane JS client connects.
+    pub relay_only: bool,
 }
 
 impl PeerOptions {
@@ -76,6 +80,7 @@ impl PeerOptions {
             video_packets_per_frame: 1,
             untyped_tracks: false,
             tcp_only: false,
+            relay_only: false,
         }
     }
 
@@ -413,7 +418,7 @@ impl Client {
     async fn offer(&mut self, offer_data: OfferData) -> anyhow::Result<()> {
         let first = self.pc.is_none();
         if first {
-            self.connect().await?;
+            self.connect(&offer_data.integrated_turn_servers).await?;
         }
         let pc = self.pc.as_ref().expect("connected above").0.clone();
         let mut receiving = [0u32; 2];
@@ -488,7 +493,7 @@ impl Client {
         self.push(ClientEvent::SdpOffer(offer)).await
     }
 
-    async fn connect(&mut self) -> anyhow::Result<()> {
+    async fn connect(&mut self, turn_servers: &[TurnServer]) -> anyhow::Result<()> {
         let (media, interceptors) = media_and_interceptors()?;
         let (events, event_rx) = mpsc::unbounded_channel();
         let network = if self.options.tcp_only {
@@ -504,8 +509,23 @@ impl Client {
             // measures the server, not the client's pace.
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(25))
             .build();
+        let mut configuration = RTCConfigurationBuilder::new();
+        if self.options.relay_only {
+            let ice_servers = turn_servers
+                .iter()
+                .filter(|turn| turn.transport == TurnTransport::Udp)
+                .map(|turn| RTCIceServer {
+                    urls: vec![turn.url()],
+                    username: turn.username.clone(),
+                    credential: turn.password.clone(),
+                })
+                .collect();
+            configuration = configuration
+                .with_ice_servers(ice_servers)
+                .with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+        }
         let builder = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(configuration.build())
             .with_media_engine(media)
             .with_setting_engine(settings)
             .with_interceptor_registry(interceptors)

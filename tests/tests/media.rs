@@ -489,3 +489,45 @@ async fn a_peer_limited_to_tcp_sends_and_receives_media() -> anyhow::Result<()> 
     uma.leave().await;
     Ok(())
 }
+
+/// Two peers that use relayed candidates only, through the UDP TURN entry of their `offerData`
+/// (as the Membrane JS client connects), exchange media through the embedded TURN server of a
+/// server started without any TURN flag.
+#[tokio::test]
+async fn relay_only_peers_get_media_through_the_embedded_turn_server() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let relayed = |name: &str| PeerOptions {
+        relay_only: true,
+        ..PeerOptions::publishing(name)
+    };
+    let rita = join(&server, "relayed", relayed("Rita")).await?;
+    let remy = join(&server, "relayed", relayed("Remy")).await?;
+    let (rita_tracks, remy_tracks) = (published(&rita), published(&remy));
+    wait_for_media(&remy, &rita_tracks, (2 * ONE_SECOND.0, 2 * ONE_SECOND.1)).await?;
+    wait_for_media(&rita, &remy_tracks, (2 * ONE_SECOND.0, 2 * ONE_SECOND.1)).await?;
+    check_received("Remy (relayed)", &remy, &rita_tracks);
+    check_received("Rita (relayed)", &rita, &remy_tracks);
+    let metrics = reqwest::get(server.url("/metrics")).await?.text().await?;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (allocations, relayed) = (
+        value("videoroom_turn_allocations "),
+        value("videoroom_turn_relayed_datagrams_total"),
+    );
+    println!("TURN allocations open: {allocations}, datagrams relayed: {relayed}");
+    assert!(
+        allocations >= 2.0,
+        "{allocations} TURN allocations for two relayed peers"
+    );
+    // Both peers' media went through the relay, each way: at least four seconds of it.
+    let least = 4 * (ONE_SECOND.0 + ONE_SECOND.1);
+    assert!(relayed >= least as f64, "only {relayed} datagrams relayed");
+    rita.leave().await;
+    remy.leave().await;
+    Ok(())
+}

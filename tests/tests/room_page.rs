@@ -352,12 +352,17 @@ async fn tracks_with_empty_metadata_show_as_on() -> anyhow::Result<()> {
 }
 
 /// Ann's page may only use relayed candidates (as behind a network that lets nothing else
-/// through), and the server hands out no TURN server: her media connection never comes up.
-/// Within a few seconds the page says so, instead of "Connected" over black tiles.
+/// through), and the server hands out no TURN server (`--no-turn-server`): her media connection
+/// never comes up. Within a few seconds the page says so, instead of "Connected" over black
+/// tiles.
 #[tokio::test]
 async fn a_media_connection_that_never_comes_up_is_reported() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
-    let server = TestServer::with_client().await?;
+    let server = TestServer::start_with(server::Config {
+        no_turn_server: true,
+        ..TestServer::client_config()?
+    })
+    .await?;
     let ann = Browser::launch().await?;
     let outcome = async {
         fill_home_form(&ann, &server, "relay-only", "Ann").await?;
@@ -390,6 +395,89 @@ async fn a_media_connection_that_never_comes_up_is_reported() -> anyhow::Result<
     }
     .await;
     finish(outcome, vec![("relay-only-ann", ann)]).await
+}
+
+/// Ann and Bob are on networks that let only TURN through (relay-only pages): on a server
+/// started with no TURN flag they see each other through its embedded TURN server, over UDP and
+/// then over TCP, and each page's selected candidate pair is relayed that way.
+#[tokio::test]
+async fn relay_only_pages_talk_through_the_embedded_turn_server() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    for transport in ["udp", "tcp"] {
+        let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+        let room = format!("relayed-{transport}");
+        let outcome = async {
+            for (browser, name) in [(&ann, "Ann"), (&bob, "Bob")] {
+                fill_home_form(browser, &server, &room, name).await?;
+                browser
+                    .eval(
+                        "localStorage.setItem('videoroom.iceTransportPolicy', 'relay');
+                         localStorage.setItem('videoroom.turnTransport', arguments[0]);",
+                        vec![json!(transport)],
+                    )
+                    .await?;
+            }
+            let (ann_clicked, bob_clicked) = tokio::try_join!(click_join(&ann), click_join(&bob))?;
+            let (ann_first, bob_first) = tokio::try_join!(
+                first_remote_frame(&ann, "Bob", ann_clicked),
+                first_remote_frame(&bob, "Ann", bob_clicked),
+            )?;
+            println!(
+                "TURN over {transport}: join → first remote frame: Ann {} ms, Bob {} ms",
+                ann_first.as_millis(),
+                bob_first.as_millis()
+            );
+            tokio::try_join!(
+                assert_playing(&ann, "Bob", "Ann's page"),
+                assert_playing(&bob, "Ann", "Bob's page"),
+            )?;
+            for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
+                let local = selected_local_candidate(browser).await?;
+                ensure!(
+                    local["candidateType"] == json!("relay")
+                        && local["relayProtocol"] == json!(transport),
+                    "{page} is not connected through TURN over {transport}: {local}"
+                );
+            }
+            Ok(())
+        }
+        .await;
+        finish(
+            outcome,
+            vec![
+                (&format!("relayed-{transport}-ann"), ann),
+                (&format!("relayed-{transport}-bob"), bob),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The local candidate of the page's selected candidate pair (`getStats()`).
+async fn selected_local_candidate(browser: &Browser) -> anyhow::Result<Value> {
+    browser
+        .eval(
+            "const pc = window.videoroomPeerConnection;
+            if (!pc) return 'window.videoroomPeerConnection is not set';
+            return pc.getStats().then(report => {
+                let local = 'no selected candidate pair';
+                report.forEach(s => {
+                    if (s.type !== 'transport' || !s.selectedCandidatePairId) return;
+                    const pair = report.get(s.selectedCandidatePairId);
+                    const candidate = pair && report.get(pair.localCandidateId);
+                    if (candidate) local = {
+                        candidateType: candidate.candidateType,
+                        relayProtocol: candidate.relayProtocol,
+                        address: candidate.address, port: candidate.port,
+                    };
+                });
+                return local;
+            });",
+            vec![],
+        )
+        .await
 }
 
 /// On a server with access control, the room link carries a join token: the page offers the

@@ -6,7 +6,7 @@
 //! answers with [`EndpointReport`]s, types of this module: the media side never imports the
 //! signaling side.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,6 +21,7 @@ use crate::limits::{Quota, QuotaGuard};
 use crate::media::codec::MediaKind;
 use crate::media::demux::EndpointKey;
 use crate::media::worker::{self, WorkerSettings};
+use crate::ports::bind_udp_and_tcp;
 use crate::Config;
 
 /// Commands an endpoint may have waiting on its worker: a negotiation and the candidates of
@@ -163,6 +164,8 @@ struct WorkerLink {
 /// The media workers. Dropping the engine (and every room's [`RoomMedia`]) stops them.
 pub struct MediaEngine {
     workers: Vec<WorkerLink>,
+    /// Each worker's port (UDP and TCP), in worker order.
+    ports: Vec<u16>,
     peer_connections: Arc<Quota>,
     next_room: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -174,6 +177,7 @@ impl MediaEngine {
     /// Binds every worker's socket (so a taken port fails the start) and starts the workers.
     pub fn start(settings: &MediaSettings) -> anyhow::Result<Arc<MediaEngine>> {
         let mut workers = Vec::new();
+        let mut ports = Vec::new();
         let mut threads = Vec::new();
         for index in 0..settings.workers {
             let port = match settings.first_port {
@@ -181,7 +185,11 @@ impl MediaEngine {
                 first => u16::try_from(usize::from(first) + index)
                     .context("--media-port leaves no room for every worker's port")?,
             };
-            let (socket, listener) = bind_media_port(settings.bind_ip, port)?;
+            let (socket, listener) = bind_udp_and_tcp(
+                settings.bind_ip,
+                port,
+                "the media port (--media-ip, --media-port)",
+            )?;
             let bound = socket.local_addr()?;
             let (commands, receiver) = mpsc::unbounded_channel();
             let worker_settings = WorkerSettings {
@@ -195,6 +203,7 @@ impl MediaEngine {
                 .context("cannot start a media worker")?;
             tracing::info!(worker = index, address = %bound, "media worker listening (UDP and ICE-TCP)");
             threads.push(thread);
+            ports.push(bound.port());
             workers.push(WorkerLink {
                 commands,
                 endpoints: Arc::default(),
@@ -202,6 +211,7 @@ impl MediaEngine {
         }
         Ok(Arc::new(MediaEngine {
             workers,
+            ports,
             peer_connections: Quota::new(settings.max_peer_connections),
             next_room: AtomicU64::new(0),
             threads: Mutex::new(threads),
@@ -218,11 +228,17 @@ impl MediaEngine {
                 commands,
                 endpoints: Arc::default(),
             }],
+            ports: Vec::new(),
             peer_connections: Quota::new(max_peer_connections),
             next_room: AtomicU64::new(0),
             threads: Mutex::default(),
             _parked: Mutex::new(vec![receiver]),
         })
+    }
+
+    /// The workers' ports (UDP and TCP), in worker order.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// Peer connections open now, across all rooms.
@@ -270,27 +286,6 @@ impl MediaEngine {
             }
         }
     }
-}
-
-/// A worker's UDP socket and its ICE-TCP listener on the same port number; with port 0, a free
-/// port both can have.
-fn bind_media_port(ip: IpAddr, port: u16) -> anyhow::Result<(UdpSocket, TcpListener)> {
-    let attempts = if port == 0 { 20 } else { 1 };
-    let mut last_error = None;
-    for _ in 0..attempts {
-        let socket = UdpSocket::bind((ip, port)).with_context(|| {
-            format!("cannot bind the media socket {ip}:{port} (UDP; --media-ip, --media-port)")
-        })?;
-        let bound = socket.local_addr()?.port();
-        match TcpListener::bind((ip, bound)) {
-            Ok(listener) => return Ok((socket, listener)),
-            Err(err) => last_error = Some(err),
-        }
-    }
-    let err = last_error.expect("at least one attempt");
-    Err(err).with_context(|| {
-        format!("cannot bind the media listener {ip}:{port} (TCP, for ICE-TCP; --media-ip, --media-port)")
-    })
 }
 
 /// A room's way to its worker.

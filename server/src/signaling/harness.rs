@@ -50,7 +50,7 @@ impl RoomHarness {
             limits: limits.clone(),
             media: MediaEngine::unattended(config.limits.max_peers_total),
             test_hooks: hooks.then(TestHooks::default),
-            turn: TurnServers::from_config(config),
+            turn: TurnServers::new(config, None),
             join_secret: None,
         };
         let id = RoomId::new("harness").expect("a valid room name");
