@@ -7,6 +7,7 @@
 //! for the benchmark (`src/bin/loadgen.rs`); [`process`] runs the server as a process of its own,
 //! whose CPU and memory can be read from `/proc`.
 
+pub mod https;
 pub mod load;
 pub mod phoenix;
 pub mod process;
@@ -32,6 +33,8 @@ pub const UI_TIMEOUT: Duration = Duration::from_secs(15);
 /// The videoroom server, running in this process on an ephemeral loopback port.
 pub struct TestServer {
     pub address: SocketAddr,
+    /// Serving HTTPS (with a certificate it made: see [`https`]).
+    https: bool,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -58,6 +61,7 @@ impl TestServer {
         }
         Ok(server::Config {
             static_dir: Some(static_dir),
+            tls_self_signed: https::over_https(),
             ..server::Config::defaults()
         })
     }
@@ -71,6 +75,7 @@ impl TestServer {
             turn_tls_port: 0,
             ..config
         };
+        let https = config.tls_self_signed || config.tls_cert.is_some();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -84,22 +89,39 @@ impl TestServer {
         });
         Ok(TestServer {
             address,
+            https,
             shutdown: Some(shutdown),
         })
     }
 
+    /// The address of a page, as a browser opens it.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
+        if self.https {
+            format!(
+                "https://{}:{}{path}",
+                https::TEST_HOSTNAME,
+                self.address.port()
+            )
+        } else {
+            format!("http://{}{path}", self.address)
+        }
     }
 
     /// The Phoenix socket's address, as phoenix.js builds it.
     pub fn socket_url(&self) -> String {
-        format!("ws://{}/socket/websocket?vsn=2.0.0", self.address)
+        let scheme = if self.https { "wss" } else { "ws" };
+        format!("{scheme}://{}/socket/websocket?vsn=2.0.0", self.address)
     }
 
     /// What `/stats` says: rooms, peers and peer connections alive now.
     pub async fn counts(&self) -> anyhow::Result<server::Counts> {
-        process::counts(&self.url("")).await
+        if self.https {
+            Ok(serde_json::from_str(
+                &https::get(self.address, "/stats").await?,
+            )?)
+        } else {
+            process::counts(&format!("http://{}", self.address)).await
+        }
     }
 }
 
@@ -120,7 +142,7 @@ pub struct Browser {
 }
 
 /// How [`Browser::launch_with`] sets Chromium up; the default is [`Browser::launch`]'s.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LaunchOptions {
     /// Camera and microphone refused: without `--use-fake-ui-for-media-stream` and with
     /// `--deny-permission-prompts`, `getUserMedia` fails at once with `NotAllowedError`.
@@ -130,6 +152,16 @@ pub struct LaunchOptions {
     /// A made-up host name the browser resolves to 127.0.0.1, trusting any certificate: pages
     /// of a non-localhost secure origin (`https://NAME:PORT`) from a self-signed test server.
     pub test_hostname: Option<&'static str>,
+}
+
+impl Default for LaunchOptions {
+    /// Camera and microphone allowed; on the HTTPS run, pages opened by [`https::TEST_HOSTNAME`].
+    fn default() -> LaunchOptions {
+        LaunchOptions {
+            deny_media: false,
+            test_hostname: https::over_https().then_some(https::TEST_HOSTNAME),
+        }
+    }
 }
 
 impl Browser {

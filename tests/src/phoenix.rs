@@ -18,7 +18,10 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{http, Message};
-use tokio_tungstenite::{client_async, connect_async, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{
+    client_async, connect_async, connect_async_tls_with_config, Connector, MaybeTlsStream,
+    WebSocketStream,
+};
 
 /// How long a wait for a frame lasts. The server answers on loopback within milliseconds, but
 /// a CI machine running a dozen servers at once can be seconds behind; this only bounds how
@@ -47,7 +50,9 @@ pub struct PhoenixClient {
 impl PhoenixClient {
     /// Opens a socket at `url`, e.g. [`crate::TestServer::socket_url`].
     pub async fn connect(url: &str) -> anyhow::Result<PhoenixClient> {
-        let (ws, _response) = connect_async(url)
+        // A `wss://` test server's certificate is self-signed: any is taken.
+        let connector = Connector::Rustls(crate::https::accepting_any_certificate());
+        let (ws, _response) = connect_async_tls_with_config(url, None, false, Some(connector))
             .await
             .with_context(|| format!("cannot open a WebSocket to {url}"))?;
         Ok(PhoenixClient::over(ws))

@@ -398,13 +398,19 @@ async fn a_media_connection_that_never_comes_up_is_reported() -> anyhow::Result<
 }
 
 /// Ann and Bob are on networks that let only TURN through (relay-only pages): on a server
-/// started with no TURN flag they see each other through its embedded TURN server, over UDP and
-/// then over TCP, and each page's selected candidate pair is relayed that way.
+/// started with no TURN flag they see each other through its embedded TURN server, over UDP,
+/// then over TCP (and on the HTTPS run over TLS), and each page's selected candidate pair is
+/// relayed that way.
 #[tokio::test]
 async fn relay_only_pages_talk_through_the_embedded_turn_server() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
     let server = TestServer::with_client().await?;
-    for transport in ["udp", "tcp"] {
+    let transports: &[&str] = if e2e::https::over_https() {
+        &["udp", "tcp", "tls"]
+    } else {
+        &["udp", "tcp"]
+    };
+    for &transport in transports {
         let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
         let room = format!("relayed-{transport}");
         let outcome = async {
@@ -538,7 +544,7 @@ async fn a_token_link_joins_and_a_bare_link_is_refused() -> anyhow::Result<()> {
 /// secure origin the camera is given to only because it is HTTPS): two people see each other.
 #[tokio::test]
 async fn a_room_over_https_on_a_lan_style_name_works() -> anyhow::Result<()> {
-    const HOST: &str = "videoroom.test";
+    const HOST: &str = e2e::https::TEST_HOSTNAME;
     let _turn = BROWSER_TURN.lock().await;
     let mut config = TestServer::client_config()?;
     config.tls_self_signed = true;

@@ -618,9 +618,21 @@ async fn each_peer_gets_its_own_expiring_turn_credentials() -> anyhow::Result<()
         let (_, ServerEvent::OfferData(offer_data)) = client.wait_for("offerData").await? else {
             bail!("no offerData for {name}");
         };
-        let [turn] = offer_data.integrated_turn_servers.as_slice() else {
+        // The embedded server's UDP and TCP entries, then the one of --turn, all with the
+        // credentials of the one secret.
+        let [embedded_udp, embedded_tcp, turn] = offer_data.integrated_turn_servers.as_slice()
+        else {
             bail!("{name} got {:?}", offer_data.integrated_turn_servers);
         };
+        assert_eq!(turn.server_addr, "turn.example.org");
+        assert_eq!(embedded_udp.server_port, embedded_tcp.server_port);
+        for embedded in [embedded_udp, embedded_tcp] {
+            assert_eq!(embedded.server_addr, "127.0.0.1");
+            assert_eq!(
+                (&embedded.username, &embedded.password),
+                (&turn.username, &turn.password)
+            );
+        }
         let (expiry, owner) = turn
             .username
             .split_once(':')
