@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::media::engine::WorkerLoad;
 use crate::signaling::registry::Counts;
 
 pub const FORWARDED_PACKETS: &str = "videoroom_forwarded_packets_total";
@@ -16,6 +17,8 @@ pub const KEYFRAME_REQUESTS: &str = "videoroom_keyframe_requests_total";
 pub const MEDIA_DATAGRAMS_RECEIVED: &str = "videoroom_media_datagrams_received_total";
 pub const MEDIA_DATAGRAMS_UNROUTED: &str = "videoroom_media_datagrams_unrouted_total";
 pub const MEDIA_DATAGRAMS_SENT: &str = "videoroom_media_datagrams_sent_total";
+pub const MEDIA_WORKER_BUSY: &str = "videoroom_media_worker_busy_microseconds_total";
+pub const NACKS_RECEIVED: &str = "videoroom_nacks_received_total";
 pub const MEDIA_DATAGRAMS_DROPPED: &str = "videoroom_media_datagrams_dropped_total";
 pub const TURN_ALLOCATIONS: &str = "videoroom_turn_allocations";
 pub const TURN_ALLOCATIONS_TOTAL: &str = "videoroom_turn_allocations_total";
@@ -79,6 +82,14 @@ fn describe() {
         TURN_DROPPED,
         "datagrams the TURN server did not relay: no permission or channel, or a full queue"
     );
+    metrics::describe_counter!(
+        MEDIA_WORKER_BUSY,
+        "time each media worker's loop spent working rather than waiting (its rate is the load)"
+    );
+    metrics::describe_counter!(
+        NACKS_RECEIVED,
+        "NACK packets (retransmission requests) from subscribers"
+    );
     metrics::describe_counter!(LIMIT_REFUSALS, "requests refused by a limit, by its flag");
     metrics::describe_counter!(SOCKETS_OPENED, "signaling sockets opened");
     metrics::describe_histogram!(
@@ -88,16 +99,19 @@ fn describe() {
     );
 }
 
-/// The metrics as Prometheus text, with the gauges of `counts` and each media worker's peer
-/// connections (`worker_loads`) as of now.
-pub fn render(counts: Counts, worker_loads: &[usize]) -> String {
+/// The metrics as Prometheus text, with the gauges of `counts` and each media worker's load
+/// (`worker_loads`) as of now.
+pub fn render(counts: Counts, worker_loads: &[WorkerLoad]) -> String {
     let handle = prometheus();
     metrics::gauge!("videoroom_rooms").set(counts.rooms as f64);
     metrics::gauge!("videoroom_peers").set(counts.peers as f64);
     metrics::gauge!("videoroom_peer_connections").set(counts.peer_connections as f64);
     for (worker, load) in worker_loads.iter().enumerate() {
-        metrics::gauge!("videoroom_media_worker_peer_connections", "worker" => worker.to_string())
-            .set(*load as f64);
+        let worker = worker.to_string();
+        metrics::gauge!("videoroom_media_worker_peer_connections", "worker" => worker.clone())
+            .set(load.peer_connections as f64);
+        metrics::counter!(MEDIA_WORKER_BUSY, "worker" => worker)
+            .absolute(load.busy.as_micros() as u64);
     }
     handle.render()
 }

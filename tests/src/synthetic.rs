@@ -494,7 +494,7 @@ impl Client {
     }
 
     async fn connect(&mut self, turn_servers: &[TurnServer]) -> anyhow::Result<()> {
-        let (media, interceptors) = media_and_interceptors()?;
+        let (media, interceptors) = media_and_interceptors(None)?;
         let (events, event_rx) = mpsc::unbounded_channel();
         let network = if self.options.tcp_only {
             rtc::ice::network_type::NetworkType::Tcp4

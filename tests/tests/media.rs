@@ -341,6 +341,7 @@ async fn a_subscriber_that_reports_a_video_packet_lost_gets_it_again() -> anyhow
         .find(|id| ann.state(|state| state.received[*id].kind == Some(RtpCodecKind::Video)))
         .expect("Bob publishes video")
         .clone();
+    let nacks_before = nacks_counted(&server).await?;
     // Three NACKs in turn: each packet comes again from the server's send buffer.
     for round in 1..=3 {
         ann.nack_next_packet(&video);
@@ -350,9 +351,24 @@ async fn a_subscriber_that_reports_a_video_packet_lost_gets_it_again() -> anyhow
         .await?;
     }
     check_received("Ann", &ann, &bob_tracks);
+    let nacks = nacks_counted(&server).await? - nacks_before;
+    assert!(
+        nacks >= 3.0,
+        "/metrics counted {nacks} NACKs for Ann's three"
+    );
     ann.leave().await;
     bob.leave().await;
     Ok(())
+}
+
+/// `videoroom_nacks_received_total` now (the process's servers share it, so it only grows).
+async fn nacks_counted(server: &TestServer) -> anyhow::Result<f64> {
+    let metrics = reqwest::get(server.url("/metrics")).await?.text().await?;
+    Ok(metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("videoroom_nacks_received_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// Packets each of `tracks` has had sent by `publisher`.

@@ -101,6 +101,15 @@ async fn metrics_show_the_room_and_count_the_media_it_forwards() -> anyhow::Resu
         .map(|(_, value)| value)
         .sum();
     ensure!(on_workers >= 2.0, "{first:?}");
+    let busy: f64 = second
+        .iter()
+        .filter(|(series, _)| series.starts_with("videoroom_media_worker_busy_microseconds_total{"))
+        .map(|(_, value)| value)
+        .sum();
+    ensure!(
+        busy > 0.0,
+        "the media workers' busy time was not counted: {second:?}"
+    );
     for counter in [
         "videoroom_forwarded_packets_total",
         "videoroom_forwarded_bytes_total",

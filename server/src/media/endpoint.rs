@@ -29,6 +29,7 @@ use shared::{PeerId, TrackId};
 use crate::media::codec::MediaKind;
 use crate::media::engine::{EndpointEvent, EndpointReport, Reports, RoomKey};
 use crate::media::setup;
+use crate::telemetry;
 
 /// A published track on a worker.
 pub type PublicationKey = u64;
@@ -82,7 +83,8 @@ impl Endpoint {
         now: Instant,
     ) -> Result<Endpoint, String> {
         let (media, interceptors) =
-            setup::media_and_interceptors().map_err(|err| format!("codec setup: {err}"))?;
+            setup::media_and_interceptors(Some(metrics::counter!(telemetry::NACKS_RECEIVED)))
+                .map_err(|err| format!("codec setup: {err}"))?;
         let mut random = rand::rng();
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)

@@ -159,6 +159,16 @@ struct WorkerLink {
     commands: mpsc::UnboundedSender<Command>,
     /// Endpoints placed on it now: where the next room goes.
     endpoints: Arc<AtomicUsize>,
+    /// Nanoseconds its loop has spent working, not waiting.
+    busy: Arc<AtomicU64>,
+}
+
+/// How loaded a worker is.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerLoad {
+    pub peer_connections: usize,
+    /// The time its loop has spent working (not waiting) since it started.
+    pub busy: Duration,
 }
 
 /// The media workers. Dropping the engine (and every room's [`RoomMedia`]) stops them.
@@ -192,6 +202,7 @@ impl MediaEngine {
             )?;
             let bound = socket.local_addr()?;
             let (commands, receiver) = mpsc::unbounded_channel();
+            let busy = Arc::new(AtomicU64::new(0));
             let worker_settings = WorkerSettings {
                 candidate: SocketAddr::new(settings.candidate_ip, bound.port()),
                 ice_timeout: settings.ice_timeout,
@@ -199,7 +210,10 @@ impl MediaEngine {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
-                .spawn(move || worker::run(socket, listener, worker_settings, receiver))
+                .spawn({
+                    let busy = busy.clone();
+                    move || worker::run(socket, listener, worker_settings, receiver, busy)
+                })
                 .context("cannot start a media worker")?;
             tracing::info!(worker = index, address = %bound, "media worker listening (UDP and ICE-TCP)");
             threads.push(thread);
@@ -207,6 +221,7 @@ impl MediaEngine {
             workers.push(WorkerLink {
                 commands,
                 endpoints: Arc::default(),
+                busy,
             });
         }
         Ok(Arc::new(MediaEngine {
@@ -227,6 +242,7 @@ impl MediaEngine {
             workers: vec![WorkerLink {
                 commands,
                 endpoints: Arc::default(),
+                busy: Arc::default(),
             }],
             ports: Vec::new(),
             peer_connections: Quota::new(max_peer_connections),
@@ -246,11 +262,14 @@ impl MediaEngine {
         self.peer_connections.used()
     }
 
-    /// Peer connections on each worker now, in worker order: how the load is spread.
-    pub fn worker_loads(&self) -> Vec<usize> {
+    /// Each worker's load, in worker order: how it is spread.
+    pub fn worker_loads(&self) -> Vec<WorkerLoad> {
         self.workers
             .iter()
-            .map(|worker| worker.endpoints.load(Ordering::Relaxed))
+            .map(|worker| WorkerLoad {
+                peer_connections: worker.endpoints.load(Ordering::Relaxed),
+                busy: Duration::from_nanos(worker.busy.load(Ordering::Relaxed)),
+            })
             .collect()
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 
+use metrics::Counter;
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
     Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
@@ -16,6 +17,7 @@ use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -31,8 +33,11 @@ const NACK_HISTORY: u16 = 256;
 /// The codecs and interceptors for one peer connection: webrtc-rs's defaults (NACK generator
 /// and responder, sender and receiver reports, transport-wide congestion control feedback,
 /// the simulcast header extensions) with a shorter NACK history, and ours that brings keyframe
-/// requests to the application.
-pub fn media_and_interceptors() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+/// requests to the application and counts the NACKs that arrive in `nacks`, if given (the
+/// server's connections count them; test peers do not).
+pub fn media_and_interceptors(
+    nacks: Option<Counter>,
+) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     let mut media = media_engine()?;
     configure_simulcast_extension_headers(&mut media)?;
     let interceptors = Registry::new()
@@ -44,7 +49,13 @@ pub fn media_and_interceptors() -> rtc::shared::error::Result<(MediaEngine, Regi
     let interceptors = configure_twcc_receiver_only(interceptors, &mut media)?;
     let interceptors = configure_rtcp_reports(interceptors)
         // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
-        .with(Slot::from(14_000), KeyframeRequestsToApp::default());
+        .with(
+            Slot::from(14_000),
+            KeyframeRequestsToApp {
+                nacks,
+                ..KeyframeRequestsToApp::default()
+            },
+        );
     Ok((media, interceptors))
 }
 
@@ -119,11 +130,13 @@ pub fn codec(mime: &str) -> Option<RTCRtpCodec> {
 }
 
 /// Marks incoming PLI and FIR for the application, which the built-in interceptors never do;
-/// without it a subscriber's keyframe requests would never reach its publisher.
+/// without it a subscriber's keyframe requests would never reach its publisher. Counts the NACKs
+/// it sees go by on their way to the NACK responder.
 #[derive(Default)]
 struct KeyframeRequestsToApp {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    nacks: Option<Counter>,
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
@@ -135,6 +148,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
 
     fn handle_read(&mut self, mut message: TaggedPacket) -> Result<(), Self::Error> {
         if let InterceptorPacket::Rtcp(packets) = &message.message.packet {
+            if let Some(nacks) = &self.nacks {
+                let count = packets
+                    .iter()
+                    .filter(|packet| packet.as_any().is::<TransportLayerNack>())
+                    .count();
+                nacks.increment(count as u64);
+            }
             // The core routes a compound packet by its first packet's SSRC: keep only requests.
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -71,6 +73,7 @@ pub(crate) fn run(
     listener: TcpListener,
     settings: WorkerSettings,
     commands: mpsc::UnboundedReceiver<Command>,
+    busy: Arc<AtomicU64>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,6 +112,7 @@ pub(crate) fn run(
             tcp,
             tcp_frames,
             media: Media::new(settings, candidates),
+            busy,
         };
         worker.run(commands).await;
     });
@@ -119,6 +123,17 @@ struct Worker {
     tcp: TcpLinks,
     tcp_frames: TcpFrames,
     media: Media,
+    /// Nanoseconds spent working, not waiting (the engine reads it for `/metrics`).
+    busy: Arc<AtomicU64>,
+}
+
+/// What woke a worker's loop.
+enum Wake {
+    Command(Option<Command>),
+    Readable(std::io::Result<()>),
+    Accepted(std::io::Result<(tokio::net::TcpStream, SocketAddr)>),
+    TcpFrame(TcpFrame),
+    Tick,
 }
 
 impl Worker {
@@ -127,30 +142,34 @@ impl Worker {
         loop {
             // A worker without connections has no timers to run: it sleeps until told.
             let ticking = !self.media.endpoints.is_empty();
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                command = commands.recv() => match command {
-                    Some(Command::Stop) | None => break,
-                    Some(command) => self.media.on_command(command, Instant::now()),
-                },
-                readable = self.socket.readable() => {
-                    if let Err(err) = readable {
-                        tracing::error!(%err, "the media socket failed");
-                        break;
-                    }
-                    self.receive();
+                command = commands.recv() => Wake::Command(command),
+                readable = self.socket.readable() => Wake::Readable(readable),
+                accepted = self.tcp.accept() => Wake::Accepted(accepted),
+                Some(frame) = self.tcp_frames.recv() => Wake::TcpFrame(frame),
+                () = sleep_until(next_tick), if ticking => Wake::Tick,
+            };
+            let woke = Instant::now();
+            match wake {
+                Wake::Command(Some(Command::Stop) | None) => break,
+                Wake::Command(Some(command)) => self.media.on_command(command, woke),
+                Wake::Readable(Err(err)) => {
+                    tracing::error!(%err, "the media socket failed");
+                    break;
                 }
-                accepted = self.tcp.accept() => match accepted {
-                    Ok((stream, from)) => self.tcp.start(stream, from),
-                    Err(err) => tracing::debug!(%err, "ICE-TCP accept"),
-                },
-                Some(frame) = self.tcp_frames.recv() => self.on_tcp_frame(frame),
-                () = sleep_until(next_tick), if ticking => {
+                Wake::Readable(Ok(())) => self.receive(),
+                Wake::Accepted(Ok((stream, from))) => self.tcp.start(stream, from),
+                Wake::Accepted(Err(err)) => tracing::debug!(%err, "ICE-TCP accept"),
+                Wake::TcpFrame(frame) => self.on_tcp_frame(frame),
+                Wake::Tick => {
                     next_tick = tokio::time::Instant::now() + TICK;
-                    self.media.on_tick(Instant::now());
+                    self.media.on_tick(woke);
                 }
             }
             self.send();
+            let worked = woke.elapsed().as_nanos() as u64;
+            self.busy.fetch_add(worked, Ordering::Relaxed);
         }
         self.media.close_all();
         self.send();

@@ -11,6 +11,7 @@ use shared::{Metadata, PeerId, RoomId};
 use tokio::sync::{oneshot, watch};
 
 use crate::limits::{AddressQuota, Limits, Quota};
+use crate::media::engine::WorkerLoad;
 use crate::signaling::outbox::Outbox;
 use crate::signaling::room::{self, JoinRefused, RoomHandle, RoomMessage, RoomSettings};
 
@@ -167,7 +168,7 @@ impl Registry {
     }
 
     /// Peer connections on each media worker now.
-    pub fn worker_loads(&self) -> Vec<usize> {
+    pub fn worker_loads(&self) -> Vec<WorkerLoad> {
         self.inner.settings.media.worker_loads()
     }
 
