@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use shared::metadata::{display_name, track_active, track_type, TrackType};
+use shared::server_event::ChatMessage;
 use shared::{Metadata, PeerId, TrackId};
 use web_sys::MediaStream;
 use yew::Reducible;
+
+/// The chat messages a page keeps; older ones scroll away for good.
+const MAX_CHAT_SHOWN: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Status {
@@ -91,6 +95,8 @@ pub struct RoomState {
     pub problems: Vec<String>,
     /// The media connection did not come up in time after an answer (and has not since).
     pub media_stalled: bool,
+    /// The room's chat, oldest first: what the room kept when we joined, then what came since.
+    pub chat: Vec<ChatMessage>,
 }
 
 pub enum RoomAction {
@@ -119,6 +125,10 @@ pub enum RoomAction {
     Problem(String),
     /// The media connection came up (`true`), or has not come up in time (`false`).
     MediaUp(bool),
+    /// A chat message came.
+    Chat(ChatMessage),
+    /// The room's last chat messages, on joining it (again).
+    ChatHistory(Vec<ChatMessage>),
     /// The connection was lost and is being made again: the others are gone until the room is
     /// joined anew (with a new id).
     Reconnecting,
@@ -228,6 +238,13 @@ impl Reducible for RoomState {
             RoomAction::Camera(on) => state.camera_on = on,
             RoomAction::Problem(problem) => state.problems.push(problem),
             RoomAction::MediaUp(up) => state.media_stalled = !up,
+            RoomAction::Chat(message) => {
+                if state.chat.len() == MAX_CHAT_SHOWN {
+                    state.chat.remove(0);
+                }
+                state.chat.push(message);
+            }
+            RoomAction::ChatHistory(messages) => state.chat = messages,
             RoomAction::Reconnecting => {
                 if !matches!(state.status, Status::Disconnected | Status::Failed) {
                     state.status = Status::Reconnecting;

@@ -16,7 +16,7 @@ use futures::channel::mpsc;
 use futures::StreamExt;
 use gloo_timers::future::TimeoutFuture;
 use shared::client_event::{
-    ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, UpdateTrackMetadata,
+    ChatText, ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, UpdateTrackMetadata,
 };
 use shared::metadata::{peer_metadata, track_metadata, TrackType};
 use shared::server_event::{OfferData, SdpAnswer, ServerCandidate, TurnServer};
@@ -309,6 +309,10 @@ impl Session {
                     updated.track_id,
                     updated.metadata,
                 ));
+            }
+            ServerEvent::ChatMessage(message) => self.dispatch(RoomAction::Chat(message)),
+            ServerEvent::ChatHistory(history) => {
+                self.dispatch(RoomAction::ChatHistory(history.messages))
             }
             ServerEvent::OfferData(offer_data) => self.offer(offer_data).await?,
             ServerEvent::SdpAnswer(answer) => self.on_answer(answer).await?,
@@ -609,6 +613,12 @@ impl Session {
     }
 
     /// Leaves the room: `leave` to the server, then the connection, the tracks and the socket.
+    /// Sends a chat message to everyone in the room (ourselves included: it shows when the
+    /// room sends it back, in the room's order).
+    pub fn send_chat(&self, text: String) {
+        self.push(ClientEvent::ChatMessage(ChatText { text }));
+    }
+
     pub fn leave(&self) {
         let mut inner = self.inner.borrow_mut();
         if std::mem::replace(&mut inner.left, true) {

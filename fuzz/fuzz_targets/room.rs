@@ -13,7 +13,8 @@ use serde_json::json;
 use server::signaling::harness::RoomHarness;
 use server::Config;
 use shared::client_event::{
-    ClientCandidate, SdpOffer, SdpType, SessionDescription, UpdatePeerMetadata, UpdateTrackMetadata,
+    ChatText, ClientCandidate, SdpOffer, SdpType, SessionDescription, UpdatePeerMetadata,
+    UpdateTrackMetadata,
 };
 use shared::{ClientEvent, PeerId, ServerEvent, TrackId};
 
@@ -56,6 +57,10 @@ enum Step {
         peer: u8,
     },
     Expire,
+    Chat {
+        peer: u8,
+        text: String,
+    },
     Raw {
         peer: u8,
         json: String,
@@ -199,6 +204,10 @@ fuzz_target!(|steps: Vec<Step>| {
             }
             Step::Fail { peer } => room.fail(pick(peer), "fuzzed failure"),
             Step::Expire => room.expire_offers(),
+            Step::Chat { peer, text } => {
+                let text = text.clone();
+                room.event(pick(peer), ClientEvent::ChatMessage(ChatText { text }));
+            }
             Step::Raw { peer, json } => {
                 if let Ok(event) = ClientEvent::decode(json) {
                     room.event(pick(peer), event);

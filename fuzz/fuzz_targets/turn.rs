@@ -37,7 +37,12 @@ fn datagram(bytes: &[u8]) {
     }
     let _ = message.u32(0x000D);
     let mut written = Vec::new();
-    let mut writer = Writer::new(&mut written, message.method, message.class, message.transaction);
+    let mut writer = Writer::new(
+        &mut written,
+        message.method,
+        message.class,
+        message.transaction,
+    );
     let mut attributes = 0;
     for attribute in message.attributes() {
         let attribute = attribute.expect("a parsed message's attributes read");

@@ -76,6 +76,22 @@ pub struct Limits {
     #[arg(long, env = "VIDEOROOM_MAX_CONNECTIONS", default_value_t = 8192)]
     pub max_connections: usize,
 
+    /// Longest chat message, as JSON text (escapes counted).
+    #[arg(long, env = "VIDEOROOM_MAX_CHAT_MESSAGE_BYTES", default_value_t = 2000)]
+    pub max_chat_message_bytes: usize,
+
+    /// Chat messages one socket may send per minute, on average; five in a burst.
+    #[arg(
+        long,
+        env = "VIDEOROOM_MAX_CHAT_MESSAGES_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub max_chat_messages_per_minute: u32,
+
+    /// Last chat messages a room keeps for those who join later.
+    #[arg(long, env = "VIDEOROOM_CHAT_HISTORY", default_value_t = 50)]
+    pub chat_history: usize,
+
     /// TURN allocations (relayed addresses) of the embedded TURN server in all.
     #[arg(long, env = "VIDEOROOM_MAX_TURN_ALLOCATIONS", default_value_t = 4000)]
     pub max_turn_allocations: usize,
@@ -127,10 +143,15 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
 }
 
+/// The most characters of a sender's name a chat message carries.
+pub const CHAT_NAME_CHARS: usize = 64;
+/// Those characters as JSON, at their longest (`\u0000` escapes).
+const CHAT_NAME_JSON_BYTES: usize = 6 * CHAT_NAME_CHARS + 2;
+
 impl Limits {
     /// Checks that the limits fit together: a joiner's `peerAccepted` (every other peer with its
-    /// tracks, at their largest) must fit its outbox, and an offer must have room for a slot
-    /// per track of a full room.
+    /// tracks, at their largest) and the room's chat history must fit its outbox, and an offer
+    /// must have room for a slot per track of a full room.
     pub fn validate(&self) -> Result<(), String> {
         let others = self.max_peers_per_room.saturating_sub(1);
         let per_peer = self.max_metadata_bytes
@@ -138,10 +159,14 @@ impl Limits {
             + 128;
         // Nested JSON inside a JSON string: every quote may come escaped.
         let peer_accepted = 2 * others * per_peer;
-        if peer_accepted > self.max_outbox_bytes {
+        let per_message = self.max_chat_message_bytes + CHAT_NAME_JSON_BYTES + 160;
+        let chat_history = 2 * self.chat_history * per_message;
+        if peer_accepted + chat_history > self.max_outbox_bytes {
             return Err(format!(
-                "--max-outbox-bytes {} cannot hold a full room's peerAccepted (up to {peer_accepted} \
-                 bytes with --max-peers-per-room, --max-tracks-per-peer and the metadata limits)",
+                "--max-outbox-bytes {} cannot hold what a joiner of a full room gets: up to \
+                 {peer_accepted} bytes of peerAccepted (--max-peers-per-room, \
+                 --max-tracks-per-peer and the metadata limits) and {chat_history} of chat \
+                 history (--chat-history, --max-chat-message-bytes)",
                 self.max_outbox_bytes
             ));
         }
@@ -155,6 +180,20 @@ impl Limits {
         }
         if self.max_events_per_second == 0 || self.max_frame_bytes == 0 {
             return Err("--max-events-per-second and --max-frame-bytes must be above 0".to_owned());
+        }
+        Ok(())
+    }
+
+    /// A chat message's text: not blank, and within `--max-chat-message-bytes` as JSON.
+    pub fn check_chat_text(&self, text: &str) -> Result<(), LimitExceeded> {
+        let size = json_len(&text);
+        if size > self.max_chat_message_bytes {
+            return Err(LimitExceeded::new(
+                "chat message".to_owned(),
+                self.max_chat_message_bytes,
+                "bytes",
+                "max-chat-message-bytes",
+            ));
         }
         Ok(())
     }
@@ -210,7 +249,7 @@ impl LimitExceeded {
 }
 
 /// The length of `value` written as JSON, without writing it anywhere.
-pub fn json_len(value: &Metadata) -> usize {
+pub fn json_len(value: &impl serde::Serialize) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

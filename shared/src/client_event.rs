@@ -21,6 +21,8 @@ pub enum ClientEvent {
     PrioritizeTrack(TrackRef),
     UnprioritizeTrack(TrackRef),
     PreferedVideoSizes(PreferedVideoSizes),
+    /// Our extension: a text message to everyone in the room.
+    ChatMessage(ChatText),
 }
 
 /// `join`: the peer's metadata. A missing or null `metadata` counts as `{}`.
@@ -120,6 +122,12 @@ pub struct PreferedVideoSizes {
     pub all_same_size: bool,
 }
 
+/// `chatMessage` from a client (our extension: the README's "Protocol extensions"): its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatText {
+    pub text: String,
+}
+
 media_event_codec! {
     ClientEvent {
         unit {
@@ -135,6 +143,7 @@ media_event_codec! {
             PrioritizeTrack = "prioritizeTrack",
             UnprioritizeTrack = "unprioritizeTrack",
             PreferedVideoSizes = "preferedVideoSizes",
+            ChatMessage = "chatMessage",
         }
         defaulted {
             Join = "join",
@@ -151,6 +160,7 @@ impl ClientEvent {
                 | ClientEvent::Leave
                 | ClientEvent::UpdatePeerMetadata(_)
                 | ClientEvent::UpdateTrackMetadata(_)
+                | ClientEvent::ChatMessage(_)
         )
     }
 }

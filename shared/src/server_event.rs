@@ -27,6 +27,10 @@ pub enum ServerEvent {
     OfferData(OfferData),
     SdpAnswer(SdpAnswer),
     Candidate(ServerCandidate),
+    /// Our extension: a chat message someone in the room sent.
+    ChatMessage(ChatMessage),
+    /// Our extension: the room's last chat messages, to a joiner.
+    ChatHistory(ChatHistory),
 }
 
 /// `peerAccepted`, to the joiner only: its id and the *other* peers with their active tracks.
@@ -246,6 +250,24 @@ impl ServerCandidate {
     }
 }
 
+/// `chatMessage` to clients (our extension): who sent what, when (Unix milliseconds, the
+/// server's clock). `displayName` is the sender's at the time, so history names people who
+/// have left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub peer_id: PeerId,
+    pub display_name: String,
+    pub text: String,
+    pub sent_at: u64,
+}
+
+/// `chatHistory` (our extension): the room's last messages, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatHistory {
+    pub messages: Vec<ChatMessage>,
+}
+
 media_event_codec! {
     ServerEvent {
         unit {}
@@ -264,6 +286,8 @@ media_event_codec! {
             OfferData = "offerData",
             SdpAnswer = "sdpAnswer",
             Candidate = "candidate",
+            ChatMessage = "chatMessage",
+            ChatHistory = "chatHistory",
         }
         defaulted {
             PeerDenied = "peerDenied",

@@ -81,6 +81,16 @@ fn client_leave() {
 }
 
 #[test]
+fn client_chat_message() {
+    check_client(
+        fixture!("client", "chatMessage"),
+        ClientEvent::ChatMessage(ChatText {
+            text: "Shall we start? 🙂".to_owned(),
+        }),
+    );
+}
+
+#[test]
 fn client_update_peer_metadata() {
     let metadata = json!({"displayName": "Ann B.", "emoji": "🦊"});
     check_client(
@@ -215,6 +225,33 @@ fn server_peer_joined() {
                 id: peer(Q),
                 metadata: json!({"displayName": "Bob"}),
             },
+        }),
+    );
+}
+
+fn ann_asks() -> ChatMessage {
+    ChatMessage {
+        peer_id: peer(Q),
+        display_name: "Ann".to_owned(),
+        text: "Shall we start? 🙂".to_owned(),
+        sent_at: 1_764_673_200_000,
+    }
+}
+
+#[test]
+fn server_chat_message() {
+    check_server(
+        fixture!("server", "chatMessage"),
+        ServerEvent::ChatMessage(ann_asks()),
+    );
+}
+
+#[test]
+fn server_chat_history() {
+    check_server(
+        fixture!("server", "chatHistory"),
+        ServerEvent::ChatHistory(ChatHistory {
+            messages: vec![ann_asks()],
         }),
     );
 }

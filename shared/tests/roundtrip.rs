@@ -106,7 +106,19 @@ fn client_event() -> impl Strategy<Value = ClientEvent> {
                 })
             }
         ),
+        ".*".prop_map(|text| ClientEvent::ChatMessage(ChatText { text })),
     ]
+}
+
+fn chat_message() -> impl Strategy<Value = ChatMessage> {
+    (peer_id(), ".*", ".*", any::<u64>()).prop_map(|(peer_id, display_name, text, sent_at)| {
+        ChatMessage {
+            peer_id,
+            display_name,
+            text,
+            sent_at,
+        }
+    })
 }
 
 fn turn_server() -> impl Strategy<Value = TurnServer> {
@@ -205,6 +217,9 @@ fn server_event() -> impl Strategy<Value = ServerEvent> {
                     })
                 }
             ),
+        chat_message().prop_map(ServerEvent::ChatMessage),
+        vec(chat_message(), 0..3)
+            .prop_map(|messages| ServerEvent::ChatHistory(ChatHistory { messages })),
     ]
 }
 

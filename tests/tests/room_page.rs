@@ -486,6 +486,94 @@ async fn selected_local_candidate(browser: &Browser) -> anyhow::Result<Value> {
         .await
 }
 
+/// Ann and Bob chat: what one types shows on both pages, named and timed, in the room's order;
+/// Carol, who joins later, finds what was said before her.
+#[tokio::test]
+async fn chat_reaches_everyone_and_late_joiners_see_what_was_said() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob, carol) = launch_three().await?;
+    let outcome = async {
+        tokio::try_join!(
+            join_from_home(&ann, &server, "chatty", "Ann"),
+            join_from_home(&bob, &server, "chatty", "Bob"),
+        )?;
+        send_chat(&ann, "Hello Bob <b>not bold</b>").await?;
+        let expected = [("Ann", "Hello Bob <b>not bold</b>")];
+        for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
+            wait_for_chat(browser, &expected, page).await?;
+        }
+        send_chat(&bob, "Hi Ann").await?;
+        let expected = [("Ann", "Hello Bob <b>not bold</b>"), ("Bob", "Hi Ann")];
+        for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
+            wait_for_chat(browser, &expected, page).await?;
+        }
+        // The text is text: no markup from a message makes it into the page.
+        let bold = ann
+            .eval(
+                "return document.querySelectorAll('#chat-messages b').length;",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            bold == json!(0),
+            "a message's markup became elements: {bold}"
+        );
+        let time = ann
+            .eval(
+                "return document.querySelector('.chat-message time').textContent;",
+                vec![],
+            )
+            .await?;
+        ensure!(
+            time.as_str()
+                .is_some_and(|time| time.len() == 5 && time.as_bytes()[2] == b':'),
+            "the message's time reads {time}"
+        );
+        join_from_home(&carol, &server, "chatty", "Carol").await?;
+        wait_for_chat(&carol, &expected, "Carol's page").await?;
+        Ok(())
+    }
+    .await;
+    finish(
+        outcome,
+        vec![("chat-ann", ann), ("chat-bob", bob), ("chat-carol", carol)],
+    )
+    .await
+}
+
+/// Types `text` into the page's chat box and sends it.
+async fn send_chat(browser: &Browser, text: &str) -> anyhow::Result<()> {
+    browser
+        .wait_for(
+            "the chat box to open",
+            "!document.querySelector('#chat-input').disabled",
+            JOIN_TIMEOUT,
+        )
+        .await?;
+    browser.fill("#chat-input", text).await?;
+    browser.click("#chat-send").await
+}
+
+/// Waits until the page's chat shows exactly `expected` (name, text), in order.
+async fn wait_for_chat(
+    browser: &Browser,
+    expected: &[(&str, &str)],
+    page: &str,
+) -> anyhow::Result<()> {
+    let shown = "[...document.querySelectorAll('#chat-messages .chat-message')].map(m => \
+        [m.querySelector('.chat-name').textContent, m.querySelector('.chat-text').textContent])";
+    let condition = format!(
+        "JSON.stringify({shown}) === {}",
+        json!(json!(expected).to_string())
+    );
+    if let Err(err) = browser.wait_for("the chat", &condition, JOIN_TIMEOUT).await {
+        let actual = browser.eval(&format!("return {shown};"), vec![]).await?;
+        bail!("{page} shows the chat {actual}, not {expected:?}: {err}");
+    }
+    Ok(())
+}
+
 /// On a server with access control, the room link carries a join token: the page offers the
 /// token's name and joins; the same room's link without a token gets the server's reason.
 #[tokio::test]

@@ -7,7 +7,7 @@ use yew::prelude::*;
 use yew_router::prelude::*;
 
 use crate::app::Route;
-use crate::components::Tile;
+use crate::components::{Chat, Tile};
 use crate::profile;
 use crate::room_state::{RoomState, Status};
 use crate::rtc::Session;
@@ -135,6 +135,14 @@ fn call(props: &CallProps) -> Html {
             }
         })
     };
+    let on_chat = {
+        let session = session.clone();
+        Callback::from(move |text: String| {
+            if let Some(session) = &*session.borrow() {
+                session.send_chat(text);
+            }
+        })
+    };
     let on_disconnect = {
         let session = session.clone();
         Callback::from(move |_: MouseEvent| {
@@ -186,6 +194,7 @@ fn call(props: &CallProps) -> Html {
                     <li data-peer-id={me}>{ format!("{} (you)", props.display_name) }</li>
                     { for state.peers_by_arrival().into_iter().map(|(id, peer)| html! { <li key={id.to_string()} data-peer-id={id.to_string()}>{ peer.name() }</li> }) }
                 </ul>
+                <Chat messages={state.chat.clone()} can_send={state.status == Status::Joined} on_send={on_chat} />
             </aside>
             <nav class="controls">
                 <button id="toggle-mic" disabled={!state.has_mic} onclick={toggle(TrackType::Audio, !state.mic_on)}>

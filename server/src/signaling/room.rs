@@ -7,16 +7,17 @@
 //! its own bugs: a panic while handling a peer's message removes that peer with an `error`,
 //! and only if that fails too does the whole room close, telling every peer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use shared::client_event::{SdpOffer, UpdateTrackMetadata};
+use shared::metadata;
 use shared::server_event::{
-    ErrorMessage, OfferData, PeerAccepted, PeerInfo, PeerJoined, PeerLeft, PeerUpdated,
-    PeerWithTracks, SdpAnswer, ServerCandidate, TrackUpdated, TracksAdded, TracksRemoved,
-    TracksTypes,
+    ChatHistory, ChatMessage, ErrorMessage, OfferData, PeerAccepted, PeerInfo, PeerJoined,
+    PeerLeft, PeerUpdated, PeerWithTracks, SdpAnswer, ServerCandidate, TrackUpdated, TracksAdded,
+    TracksRemoved, TracksTypes,
 };
 use shared::{ClientEvent, Metadata, PeerId, RoomId, ServerEvent, TrackId};
 use thiserror::Error;
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 use crate::access::JoinSecret;
-use crate::limits::{LimitExceeded, Limits, QuotaGuard};
+use crate::limits::{LimitExceeded, Limits, QuotaGuard, CHAT_NAME_CHARS};
 use crate::media::codec::MediaKind;
 use crate::media::engine::{
     EndpointBusy, EndpointEvent, EndpointHandle, EndpointReport, MediaEngine, Negotiation, Reports,
@@ -134,6 +135,8 @@ pub(crate) struct Room {
     media: RoomMedia,
     peers: BTreeMap<PeerId, Peer>,
     tracks: BTreeMap<TrackId, Track>,
+    /// The last `--chat-history` chat messages, oldest first, for those who join later.
+    chat: VecDeque<ChatMessage>,
 }
 
 struct Peer {
@@ -222,6 +225,7 @@ impl Room {
             media,
             peers: BTreeMap::new(),
             tracks: BTreeMap::new(),
+            chat: VecDeque::new(),
         };
         (room, receiver)
     }
@@ -412,6 +416,13 @@ impl Room {
             },
         });
         self.broadcast(None, |_| true, &joined);
+        if !self.chat.is_empty() {
+            let messages = self.chat.iter().cloned().collect();
+            self.push(
+                &peer_id,
+                &ServerEvent::ChatHistory(ChatHistory { messages }),
+            );
+        }
         if !self.tracks.is_empty() {
             self.renegotiate(&peer_id);
         }
@@ -439,6 +450,7 @@ impl Room {
                 self.update_peer_metadata(peer_id, update.metadata)
             }
             ClientEvent::UpdateTrackMetadata(update) => self.update_track_metadata(peer_id, update),
+            ClientEvent::ChatMessage(chat) => self.chat(peer_id, chat.text),
             ClientEvent::Join(_) => {}
             ClientEvent::SetTargetTrackVariant(_)
             | ClientEvent::PrioritizeTrack(_)
@@ -448,6 +460,36 @@ impl Room {
                 tracing::debug!(peer = %peer_id, kind = event.kind(), "ignored: no simulcast");
             }
         }
+    }
+
+    /// Keeps a chat message (the socket checked its size and rate) and sends it to everyone in
+    /// the room, its sender included: the order all see is the room's.
+    fn chat(&mut self, peer_id: &PeerId, text: String) {
+        let peer = self
+            .peers
+            .get(peer_id)
+            .expect("the caller checked the peer");
+        let display_name = metadata::display_name(&peer.metadata)
+            .unwrap_or_default()
+            .chars()
+            .take(CHAT_NAME_CHARS)
+            .collect();
+        let sent_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let message = ChatMessage {
+            peer_id: peer_id.clone(),
+            display_name,
+            text,
+            sent_at,
+        };
+        if self.chat.len() == self.settings.limits.chat_history {
+            self.chat.pop_front();
+        }
+        if self.settings.limits.chat_history > 0 {
+            self.chat.push_back(message.clone());
+        }
+        self.broadcast(None, |_| true, &ServerEvent::ChatMessage(message));
     }
 
     /// Hands a client candidate to the peer's endpoint, or keeps it until the endpoint exists;
@@ -855,7 +897,7 @@ impl Room {
 impl Room {
     /// What must hold between any two messages, for tests and the fuzzer: every track has an
     /// owner in the room who publishes it, peers only receive and know tracks that exist, and
-    /// the limits on peers and tracks hold.
+    /// the limits on peers, tracks and chat history hold.
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         let limits = &self.settings.limits;
         if self.peers.len() > limits.max_peers_per_room {
@@ -897,6 +939,9 @@ impl Room {
             if peer.candidates > limits.max_candidates_per_peer + 1 {
                 return Err(format!("{peer_id} has {} candidates", peer.candidates));
             }
+        }
+        if self.chat.len() > limits.chat_history {
+            return Err(format!("the room keeps {} chat messages", self.chat.len()));
         }
         Ok(())
     }

@@ -105,6 +105,10 @@ pub async fn serve(
         outbox,
         channels: HashMap::new(),
         flood: TokenBucket::new(2.0 * rate, rate),
+        chat: TokenBucket::new(
+            CHAT_BURST,
+            f64::from(limits.max_chat_messages_per_minute) / 60.0,
+        ),
         limits,
         token,
     };
@@ -215,6 +219,8 @@ struct Socket {
     outbox: Outbox,
     channels: HashMap<String, Channel>,
     flood: TokenBucket,
+    /// Chat messages: fewer than other events, so a socket cannot flood a room's chat.
+    chat: TokenBucket,
     limits: Limits,
     /// The socket's join token, if it was given one.
     token: Option<String>,
@@ -423,6 +429,9 @@ impl Socket {
             Ok(event) => event,
             Err(err) => return self.refuse(&frame, &err).await,
         };
+        if matches!(&event, ClientEvent::ChatMessage(chat) if chat.text.trim().is_empty()) {
+            return self.send(frame.reply_error("a blank chat message")).await;
+        }
         if let Err(refused) = self.check_limits(&event) {
             tracing::warn!(topic = frame.topic, %refused, "media event refused");
             return self.send(frame.reply_error(&refused.to_string())).await;
@@ -490,10 +499,22 @@ impl Socket {
         Ok(())
     }
 
-    /// The size limits a single event can be held to without knowing the room; the room checks
-    /// what depends on the peer's state (tracks, m-lines and candidates).
-    fn check_limits(&self, event: &ClientEvent) -> Result<(), LimitExceeded> {
+    /// The size and rate limits a single event can be held to without knowing the room; the
+    /// room checks what depends on the peer's state (tracks, m-lines and candidates).
+    fn check_limits(&mut self, event: &ClientEvent) -> Result<(), LimitExceeded> {
         match event {
+            ClientEvent::ChatMessage(chat) => {
+                self.limits.check_chat_text(&chat.text)?;
+                if !self.chat.take(Instant::now()) {
+                    return Err(LimitExceeded::new(
+                        "the chat message rate".to_owned(),
+                        self.limits.max_chat_messages_per_minute as usize,
+                        "messages a minute",
+                        "max-chat-messages-per-minute",
+                    ));
+                }
+                Ok(())
+            }
             ClientEvent::Join(join) => self.limits.check_peer_metadata(&join.metadata),
             ClientEvent::UpdatePeerMetadata(update) => {
                 self.limits.check_peer_metadata(&update.metadata)
@@ -579,6 +600,9 @@ impl Channel {
         }
     }
 }
+
+/// Chat messages a socket may send at once, before `--max-chat-messages-per-minute` paces it.
+const CHAT_BURST: f64 = 5.0;
 
 /// Allows `burst` frames at once and `rate` per second after that.
 struct TokenBucket {
