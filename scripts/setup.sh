@@ -54,6 +54,15 @@ ensure_browser() {
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt_install chromium chromium-driver
   fi
+  if ! command -v firefox-esr >/dev/null; then
+    apt_install firefox-esr
+  fi
+  # Debian has no geckodriver package; crates.io has it.
+  local geckodriver_version=0.37.1
+  if ! geckodriver --version 2>/dev/null | grep -q "^geckodriver $geckodriver_version"; then
+    say "installing geckodriver $geckodriver_version (about 2 minutes, once)"
+    cargo install geckodriver --version "$geckodriver_version" --locked
+  fi
 }
 
 # cargo-fuzz and the nightly toolchain it builds with (libFuzzer needs nightly's sanitizer flags).

@@ -35,7 +35,9 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_LOG", default_value = "info")]
     pub log: String,
 
-    /// Address the media (UDP) sockets bind to. Loopback is only reached when bound explicitly.
+    /// Address the media sockets bind to (UDP, and TCP for ICE over TCP). On loopback (the
+    /// default, and without --announce-ip) they also answer on the machine's other addresses,
+    /// which the candidates offer too: Firefox never pairs with a loopback candidate.
     #[arg(long, env = "VIDEOROOM_MEDIA_IP", default_value = "127.0.0.1")]
     pub media_ip: IpAddr,
 

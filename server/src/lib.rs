@@ -70,7 +70,8 @@ pub async fn serve(
     let (tls, reloadable) = tls::acceptor(&config)
         .context("cannot set up HTTPS")?
         .unzip();
-    let (turn_server, turn) = turn::start(&config, media.ports(), tls.as_ref())?;
+    let media_addresses = (media.candidate_ips(), media.ports());
+    let (turn_server, turn) = turn::start(&config, media_addresses, tls.as_ref())?;
     let rooms = Registry::new(RoomSettings {
         limits: Arc::new(config.limits.clone()),
         media: media.clone(),

@@ -8,8 +8,10 @@
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
 //! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
-//!   [`setup`] the codecs and interceptors every peer connection uses.
+//!   [`setup`] the codecs and interceptors every peer connection uses; [`addresses`] the
+//!   machine's own addresses, candidates beside loopback.
 
+mod addresses;
 pub mod codec;
 pub mod demux;
 pub mod down_track;

@@ -16,7 +16,7 @@ mod relay;
 mod server;
 pub mod stun;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
 pub use offer::TurnServers;
@@ -33,11 +33,11 @@ use crate::ports::bind_udp_and_tcp;
 use crate::Config;
 
 /// Starts the embedded TURN server of `config` (unless `--no-turn-server`), next to media
-/// workers listening on `media_ports`; with `tls`, TURN over TLS too. Returns the running
-/// server, if any, and the list peers are handed.
+/// workers whose candidates name `media_ips` and `media_ports`; with `tls`, TURN over TLS too.
+/// Returns the running server, if any, and the list peers are handed.
 pub fn start(
     config: &Config,
-    media_ports: &[u16],
+    (media_ips, media_ports): (&[IpAddr], &[u16]),
     tls: Option<&TlsAcceptor>,
 ) -> anyhow::Result<(Option<TurnServer>, TurnServers)> {
     if config.no_turn_server {
@@ -60,6 +60,7 @@ pub fn start(
             media_ports: media_ports.to_vec(),
             media_announced: announced,
             media_bound: config.media_ip,
+            media_also: media_ips.to_vec(),
             allow_private: config.turn_relay_private,
         },
         relay_bind: config.media_ip,

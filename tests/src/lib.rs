@@ -139,6 +139,8 @@ pub struct Browser {
     driver: Child,
     /// chromedriver's port, for the commands fantoccini does not have.
     driver_port: u16,
+    /// Firefox, whose driver has no console log to give.
+    firefox: bool,
 }
 
 /// How [`Browser::launch_with`] sets Chromium up; the default is [`Browser::launch`]'s.
@@ -152,6 +154,9 @@ pub struct LaunchOptions {
     /// A made-up host name the browser resolves to 127.0.0.1, trusting any certificate: pages
     /// of a non-localhost secure origin (`https://NAME:PORT`) from a self-signed test server.
     pub test_hostname: Option<&'static str>,
+    /// Firefox ESR through geckodriver instead of Chromium, with Firefox's own network
+    /// settings (fake camera and microphone by its prefs).
+    pub firefox: bool,
 }
 
 impl Default for LaunchOptions {
@@ -160,6 +165,7 @@ impl Default for LaunchOptions {
         LaunchOptions {
             deny_media: false,
             test_hostname: https::over_https().then_some(https::TEST_HOSTNAME),
+            firefox: false,
         }
     }
 }
@@ -170,22 +176,44 @@ impl Browser {
         Self::launch_with(LaunchOptions::default()).await
     }
 
-    /// Launches Chromium as `options` say (see [`LaunchOptions`]).
+    /// Launches Chromium (or Firefox) as `options` say (see [`LaunchOptions`]).
     pub async fn launch_with(options: LaunchOptions) -> anyhow::Result<Browser> {
         let port = free_port()?;
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start chromedriver (scripts/test.sh installs it)")?;
-        let client = connect(port, chrome_capabilities(&options)).await?;
+        let (driver, capabilities) = if options.firefox {
+            let driver = Command::new("geckodriver")
+                .args(["--port", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start geckodriver (scripts/test.sh installs it)")?;
+            (driver, firefox_capabilities(&options))
+        } else {
+            let driver = Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start chromedriver (scripts/test.sh installs it)")?;
+            (driver, chrome_capabilities(&options))
+        };
+        let client = connect(port, capabilities).await?;
         Ok(Browser {
             client,
             driver,
             driver_port: port,
+            firefox: options.firefox,
         })
+    }
+
+    /// Launches a stock Firefox ESR with a fake camera and microphone.
+    pub async fn launch_firefox() -> anyhow::Result<Browser> {
+        Self::launch_with(LaunchOptions {
+            firefox: true,
+            ..LaunchOptions::default()
+        })
+        .await
     }
 
     /// Waits for the element matching `css` to appear.
@@ -296,6 +324,7 @@ impl Browser {
     /// The page's console messages since the last call (chromedriver's `browser` log), one a
     /// line as `LEVEL message`.
     pub async fn console_log(&self) -> anyhow::Result<Vec<String>> {
+        anyhow::ensure!(!self.firefox, "geckodriver gives no console log");
         let session = self
             .client
             .session_id()
@@ -421,7 +450,7 @@ async fn connect(port: u16, capabilities: Map<String, Value>) -> anyhow::Result<
         match builder.connect(&url).await {
             Ok(client) => return Ok(client),
             Err(err) if Instant::now() > deadline => {
-                return Err(err).context("cannot open a Chromium session through chromedriver")
+                return Err(err).context("cannot open a browser session through its driver")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -445,6 +474,40 @@ fn one_line(script: &str) -> String {
     match line.char_indices().nth(120) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,
+    }
+}
+
+/// Firefox headless with fake devices it may use without asking, and otherwise its defaults:
+/// its network settings are the point of running it.
+fn firefox_capabilities(options: &LaunchOptions) -> Map<String, Value> {
+    let mut prefs = json!({
+        "media.navigator.streams.fake": true,
+        "media.navigator.permission.disabled": !options.deny_media,
+        // Nothing to fetch on this closed network: no updates, telemetry or safe browsing.
+        "app.update.enabled": false,
+        "browser.safebrowsing.malware.enabled": false,
+        "browser.safebrowsing.phishing.enabled": false,
+        "datareporting.policy.dataSubmissionEnabled": false,
+        "toolkit.telemetry.enabled": false,
+        "network.captive-portal-service.enabled": false,
+        "network.connectivity-service.enabled": false,
+    });
+    if let Some(name) = options.test_hostname {
+        // As Chromium's resolver rule: the test name is this machine.
+        prefs["network.dns.localDomains"] = json!(name);
+    }
+    let capabilities = json!({
+        "browserName": "firefox",
+        "acceptInsecureCerts": options.test_hostname.is_some(),
+        "moz:firefoxOptions": {
+            "binary": "/usr/bin/firefox-esr",
+            "args": ["-headless", "-width=1280", "-height=800"],
+            "prefs": prefs,
+        },
+    });
+    match capabilities {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
     }
 }
 

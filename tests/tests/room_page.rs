@@ -574,6 +574,109 @@ async fn wait_for_chat(
     Ok(())
 }
 
+/// A stock Firefox ESR (its own network settings: it never pairs with a loopback candidate)
+/// and Chromium in one room on a server with its default loopback media address: each sees
+/// the other's video decoding and hears the other.
+#[tokio::test]
+async fn firefox_and_chromium_see_and_hear_each_other() -> anyhow::Result<()> {
+    mixed_room(true, false, "firefox-chromium").await
+}
+
+/// Two stock Firefox ESR pages in one room on a server with its default loopback media address.
+#[tokio::test]
+async fn two_firefoxes_see_and_hear_each_other() -> anyhow::Result<()> {
+    mixed_room(true, true, "firefox-firefox").await
+}
+
+/// Ann (in Firefox if `ann_firefox`) and Bob (likewise) join `room`, see each other's video
+/// decoding and hear each other.
+async fn mixed_room(ann_firefox: bool, bob_firefox: bool, room: &str) -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let launch = |firefox| {
+        Browser::launch_with(LaunchOptions {
+            firefox,
+            ..LaunchOptions::default()
+        })
+    };
+    let (ann, bob) = tokio::try_join!(launch(ann_firefox), launch(bob_firefox))?;
+    let outcome = async {
+        let (ann_clicked, bob_clicked) = tokio::try_join!(
+            async {
+                fill_home_form(&ann, &server, room, "Ann").await?;
+                click_join(&ann).await
+            },
+            async {
+                fill_home_form(&bob, &server, room, "Bob").await?;
+                click_join(&bob).await
+            },
+        )?;
+        let (ann_first, bob_first) = tokio::try_join!(
+            first_remote_frame(&ann, "Bob", ann_clicked),
+            first_remote_frame(&bob, "Ann", bob_clicked),
+        )?;
+        println!(
+            "{room}: join → first remote frame: Ann {} ms, Bob {} ms",
+            ann_first.as_millis(),
+            bob_first.as_millis()
+        );
+        tokio::try_join!(
+            assert_decoding(&ann, "Bob", "Ann's page"),
+            assert_decoding(&bob, "Ann", "Bob's page"),
+        )?;
+        tokio::try_join!(
+            assert_hearing(&ann, "Bob", "Ann's page"),
+            assert_hearing(&bob, "Ann", "Bob's page"),
+        )?;
+        for (browser, page) in [(&ann, "Ann's page"), (&bob, "Bob's page")] {
+            let status = browser.text_of(".status").await?;
+            ensure!(status == "Connected", "{page} says {status}");
+        }
+        Ok(())
+    }
+    .await;
+    finish(
+        outcome,
+        vec![(&format!("{room}-ann"), ann), (&format!("{room}-bob"), bob)],
+    )
+    .await
+}
+
+/// `name`'s video plays on the page and its frames are decoded: videoWidth > 0, currentTime
+/// and `getStats` framesDecoded advancing over 1.2 s (Firefox counts no WebRTC frames in
+/// `getVideoPlaybackQuality`).
+async fn assert_decoding(browser: &Browser, name: &str, page: &str) -> anyhow::Result<()> {
+    let decoded = |stats: &Value| -> u64 {
+        stats
+            .as_array()
+            .map(|tracks| {
+                tracks
+                    .iter()
+                    .filter_map(|s| s["framesDecoded"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let (before, stats_before) = (
+        video_state(browser, name).await?,
+        inbound_video(browser).await?,
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (after, stats_after) = (
+        video_state(browser, name).await?,
+        inbound_video(browser).await?,
+    );
+    let number = |state: &Value, key: &str| state[key].as_f64().unwrap_or(0.0);
+    ensure!(
+        number(&after, "width") > 0.0
+            && number(&after, "time") > number(&before, "time")
+            && decoded(&stats_after) > decoded(&stats_before),
+        "{page}: {name}'s video is not playing (videoWidth > 0, currentTime and framesDecoded \
+         advancing over 1.2 s): before {before} {stats_before}, after {after} {stats_after}"
+    );
+    Ok(())
+}
+
 /// On a server with access control, the room link carries a join token: the page offers the
 /// token's name and joins; the same room's link without a token gets the server's reason.
 #[tokio::test]

@@ -160,13 +160,15 @@ impl Endpoint {
     }
 }
 
-/// The worker's host candidates for `address`, UDP and passive TCP (RFC 6544), as the
-/// connections take them and as clients are told them (`candidate:…`).
-pub fn host_candidates(address: SocketAddr) -> Result<Vec<RTCIceCandidateInit>, String> {
-    Ok(vec![
-        host_candidate(address, TransportProtocol::UDP)?,
-        host_candidate(address, TransportProtocol::TCP)?,
-    ])
+/// The worker's host candidates for each of `addresses`, UDP and passive TCP (RFC 6544), as
+/// the connections take them and as clients are told them (`candidate:…`).
+pub fn host_candidates(addresses: &[SocketAddr]) -> Result<Vec<RTCIceCandidateInit>, String> {
+    let mut candidates = Vec::new();
+    for address in addresses {
+        candidates.push(host_candidate(*address, TransportProtocol::UDP)?);
+        candidates.push(host_candidate(*address, TransportProtocol::TCP)?);
+    }
+    Ok(candidates)
 }
 
 fn host_candidate(
@@ -207,7 +209,7 @@ mod tests {
     #[test]
     fn the_host_candidates_name_the_worker_socket_and_listener() {
         let candidates =
-            host_candidates("192.0.2.7:4001".parse().expect("an address")).expect("candidates");
+            host_candidates(&["192.0.2.7:4001".parse().expect("an address")]).expect("candidates");
         let [udp, tcp] = &candidates[..] else {
             panic!("two candidates: {candidates:?}");
         };

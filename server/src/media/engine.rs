@@ -6,7 +6,7 @@
 //! answers with [`EndpointReport`]s, types of this module: the media side never imports the
 //! signaling side.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::limits::{Quota, QuotaGuard};
+use crate::media::addresses::machine_addresses;
 use crate::media::codec::MediaKind;
 use crate::media::demux::EndpointKey;
 use crate::media::worker::{self, WorkerSettings};
@@ -108,8 +109,9 @@ pub struct EndpointBusy;
 #[derive(Debug, Clone)]
 pub struct MediaSettings {
     pub bind_ip: IpAddr,
-    /// The address put in the candidates: `--announce-ip`, else the bound one.
-    pub candidate_ip: IpAddr,
+    /// The addresses put in the candidates, the first preferred: `--announce-ip`, else the
+    /// bound one; on loopback, also the machine's other addresses (see [`super::addresses`]).
+    pub candidate_ips: Vec<IpAddr>,
     /// The first worker's UDP port (the next ones follow); 0 for any free ports.
     pub first_port: u16,
     pub workers: usize,
@@ -143,9 +145,21 @@ impl MediaSettings {
             ports.end - 1,
             http.port()
         );
+        // On loopback, the sockets also answer on the machine's other addresses, which the
+        // candidates offer after it: a browser that shuns loopback (Firefox) uses those.
+        let others = match config.announce_ip {
+            None if candidate_ip.is_loopback() => machine_addresses(candidate_ip),
+            _ => Vec::new(),
+        };
+        let bind_ip = match (others.is_empty(), config.media_ip) {
+            (true, ip) => ip,
+            (false, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (false, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let candidate_ips = std::iter::once(candidate_ip).chain(others).collect();
         Ok(MediaSettings {
-            bind_ip: config.media_ip,
-            candidate_ip,
+            bind_ip,
+            candidate_ips,
             first_port: config.media_port,
             workers,
             ice_timeout: config.limits.ice_timeout,
@@ -176,6 +190,8 @@ pub struct MediaEngine {
     workers: Vec<WorkerLink>,
     /// Each worker's port (UDP and TCP), in worker order.
     ports: Vec<u16>,
+    /// The addresses the workers' candidates name.
+    candidate_ips: Vec<IpAddr>,
     peer_connections: Arc<Quota>,
     next_room: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -204,7 +220,11 @@ impl MediaEngine {
             let (commands, receiver) = mpsc::unbounded_channel();
             let busy = Arc::new(AtomicU64::new(0));
             let worker_settings = WorkerSettings {
-                candidate: SocketAddr::new(settings.candidate_ip, bound.port()),
+                candidates: settings
+                    .candidate_ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, bound.port()))
+                    .collect(),
                 ice_timeout: settings.ice_timeout,
                 max_tcp_links: settings.max_peer_connections,
             };
@@ -227,6 +247,7 @@ impl MediaEngine {
         Ok(Arc::new(MediaEngine {
             workers,
             ports,
+            candidate_ips: settings.candidate_ips.clone(),
             peer_connections: Quota::new(settings.max_peer_connections),
             next_room: AtomicU64::new(0),
             threads: Mutex::new(threads),
@@ -245,6 +266,7 @@ impl MediaEngine {
                 busy: Arc::default(),
             }],
             ports: Vec::new(),
+            candidate_ips: Vec::new(),
             peer_connections: Quota::new(max_peer_connections),
             next_room: AtomicU64::new(0),
             threads: Mutex::default(),
@@ -255,6 +277,11 @@ impl MediaEngine {
     /// The workers' ports (UDP and TCP), in worker order.
     pub fn ports(&self) -> &[u16] {
         &self.ports
+    }
+
+    /// The addresses the workers' candidates name, the preferred first.
+    pub fn candidate_ips(&self) -> &[IpAddr] {
+        &self.candidate_ips
     }
 
     /// Peer connections open now, across all rooms.

@@ -28,6 +28,8 @@ const WRITE_WITHIN: Duration = Duration::from_secs(5);
 /// A frame from a connection, or (`None`) its end.
 pub struct TcpFrame {
     pub from: SocketAddr,
+    /// The connection's own end: which of the worker's addresses the peer reached.
+    pub local: SocketAddr,
     pub frame: Option<BytesMut>,
 }
 
@@ -93,6 +95,16 @@ async fn serve(
     frames: mpsc::Sender<TcpFrame>,
     mut outgoing: mpsc::Receiver<BytesMut>,
 ) {
+    let Ok(local) = stream.local_addr() else {
+        let _ = frames
+            .send(TcpFrame {
+                from,
+                local: from,
+                frame: None,
+            })
+            .await;
+        return;
+    };
     let (mut reader, mut writer) = stream.into_split();
     let mut decoder = TcpFrameDecoder::new();
     let mut buffer = vec![0; 16 * 1024];
@@ -109,7 +121,7 @@ async fn serve(
                 decoder.extend_from_slice(&buffer[..size]);
                 while let Some(packet) = decoder.next_packet() {
                     spoken = true;
-                    let frame = TcpFrame { from, frame: Some(BytesMut::from(&packet[..])) };
+                    let frame = TcpFrame { from, local, frame: Some(BytesMut::from(&packet[..])) };
                     if frames.send(frame).await.is_err() {
                         return;
                     }
@@ -129,7 +141,13 @@ async fn serve(
             () = &mut first_frame_due, if !spoken => break,
         }
     }
-    let _ = frames.send(TcpFrame { from, frame: None }).await;
+    let _ = frames
+        .send(TcpFrame {
+            from,
+            local,
+            frame: None,
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! subscriber that cannot keep up never holds up the others.
 
 use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use bytes::BytesMut;
@@ -87,8 +87,12 @@ impl MediaSocket {
         self.socket.readable().await
     }
 
-    /// Reads one batch and hands each datagram to `handle`; `Ok(0)` when none is waiting.
-    pub fn receive(&mut self, mut handle: impl FnMut(SocketAddr, &[u8])) -> io::Result<usize> {
+    /// Reads one batch and hands each datagram to `handle` with its source and, if the kernel
+    /// says, the address it was sent to; `Ok(0)` when none is waiting.
+    pub fn receive(
+        &mut self,
+        mut handle: impl FnMut(SocketAddr, Option<IpAddr>, &[u8]),
+    ) -> io::Result<usize> {
         let MediaSocket {
             socket,
             state,
@@ -112,7 +116,7 @@ impl MediaSocket {
             let stride = meta.stride.max(1);
             for datagram in slot[..meta.len].chunks(stride) {
                 datagrams += 1;
-                handle(meta.addr, datagram);
+                handle(meta.addr, meta.dst_ip, datagram);
             }
         }
         Ok(datagrams)
@@ -402,7 +406,7 @@ mod tests {
         while seen.len() < 5 {
             socket.readable().await.expect("readable");
             socket
-                .receive(|from, datagram| {
+                .receive(|from, _, datagram| {
                     assert_eq!(from, sender.local_addr().expect("its address"));
                     assert!(datagram.iter().all(|&byte| byte == datagram.len() as u8));
                     seen.push(datagram.len());

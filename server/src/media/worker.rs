@@ -10,7 +10,7 @@
 //! dropped and reported failed, and the others on the worker carry on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,8 +60,9 @@ const BATCHES_PER_TURN: usize = 8;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) struct WorkerSettings {
-    /// The address the worker's candidates name (UDP, and TCP on the same port number).
-    pub candidate: SocketAddr,
+    /// The addresses the worker's candidates name (UDP, and TCP on the same port number), the
+    /// preferred first.
+    pub candidates: Vec<SocketAddr>,
     pub ice_timeout: Duration,
     /// ICE-TCP connections the worker holds at most.
     pub max_tcp_links: usize,
@@ -100,7 +101,7 @@ pub(crate) fn run(
                 return;
             }
         };
-        let candidates = match endpoint::host_candidates(settings.candidate) {
+        let candidates = match endpoint::host_candidates(&settings.candidates) {
             Ok(candidates) => candidates,
             Err(reason) => {
                 tracing::error!(%reason, "a media worker cannot start");
@@ -179,8 +180,9 @@ impl Worker {
         let Worker { socket, media, .. } = self;
         for _ in 0..BATCHES_PER_TURN {
             let now = Instant::now();
-            let mut handle = |from, datagram: &[u8]| {
-                media.on_datagram(from, datagram, TransportProtocol::UDP, now);
+            let mut handle = |from, to: Option<IpAddr>, datagram: &[u8]| {
+                let local = media.local_address(to);
+                media.on_datagram(from, local, datagram, TransportProtocol::UDP, now);
             };
             match socket.receive(&mut handle) {
                 Ok(0) => break,
@@ -200,8 +202,9 @@ impl Worker {
         let routed = match frame.frame {
             Some(datagram) => {
                 let now = Instant::now();
+                let local = self.media.local_address(Some(frame.local.ip()));
                 self.media
-                    .on_datagram(frame.from, &datagram, TransportProtocol::TCP, now)
+                    .on_datagram(frame.from, local, &datagram, TransportProtocol::TCP, now)
             }
             None => false,
         };
@@ -758,9 +761,19 @@ impl Media {
     }
 
     /// Hands a datagram to its connection; false when it belongs to none.
+    /// The candidate a datagram sent to `to` came in on: the one of that address, else the
+    /// preferred one (an announced address is not where datagrams arrive).
+    fn local_address(&self, to: Option<IpAddr>) -> SocketAddr {
+        let candidates = &self.settings.candidates;
+        to.and_then(|to| candidates.iter().find(|candidate| candidate.ip() == to))
+            .unwrap_or(&candidates[0])
+            .to_owned()
+    }
+
     fn on_datagram(
         &mut self,
         from: SocketAddr,
+        local: SocketAddr,
         datagram: &[u8],
         protocol: TransportProtocol,
         now: Instant,
@@ -777,7 +790,7 @@ impl Media {
             let message = TaggedBytesMut {
                 now,
                 transport: TransportContext {
-                    local_addr: media.settings.candidate,
+                    local_addr: local,
                     peer_addr: from,
                     ecn: None,
                     transport_protocol: protocol,

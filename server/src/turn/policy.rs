@@ -15,6 +15,8 @@ pub struct PeerPolicy {
     pub media_announced: IpAddr,
     /// The address the media sockets are bound to.
     pub media_bound: IpAddr,
+    /// The media candidates' other addresses (the machine's own, beside loopback).
+    pub media_also: Vec<IpAddr>,
     pub allow_private: bool,
 }
 
@@ -64,7 +66,7 @@ impl PeerPolicy {
 
     /// The SFU's addresses are reachable only on its media ports, whatever kind they are.
     fn is_media_ip(&self, ip: IpAddr) -> bool {
-        ip == self.media_announced || ip == self.media_bound
+        ip == self.media_announced || ip == self.media_bound || self.media_also.contains(&ip)
     }
 }
 
@@ -123,6 +125,7 @@ mod tests {
             media_ports: vec![4001, 4002],
             media_announced: "203.0.113.10".parse().unwrap(),
             media_bound: "10.0.0.5".parse().unwrap(),
+            media_also: vec!["192.168.7.7".parse().unwrap()],
             allow_private,
         }
     }
@@ -174,6 +177,8 @@ mod tests {
         assert!(policy.permits(at("10.0.0.5:4002")));
         assert!(!policy.permits(at("203.0.113.10:22")));
         assert!(!policy.permits(at("10.0.0.5:6379")));
+        assert!(policy.permits(at("192.168.7.7:4002")));
+        assert!(!policy.permits(at("192.168.7.7:22")));
         assert!(policy.permits_ip("10.0.0.5".parse().unwrap()));
     }
 
