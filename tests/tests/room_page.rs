@@ -677,6 +677,66 @@ async fn assert_decoding(browser: &Browser, name: &str, page: &str) -> anyhow::R
     Ok(())
 }
 
+/// Ann clicks Bob's tile: it is pinned, shown large beside a strip with hers, and keeps
+/// playing; a second click unpins it. Its full-screen button shows it full-screen.
+#[tokio::test]
+async fn a_clicked_tile_is_pinned_large_and_a_button_makes_it_full_screen() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "pins").await?;
+        let widths = "[document.querySelector('.tile:not(.local)').getBoundingClientRect().width, \
+            document.querySelector('.tile.local').getBoundingClientRect().width]";
+        let before = ann.eval(&format!("return {widths};"), vec![]).await?;
+        ann.click(&remote_tile_css("Bob")).await?;
+        ann.wait_for_presence(
+            ".tiles.has-pinned .tile.pinned[data-name=\"Bob\"]",
+            true,
+            INDICATOR_TIMEOUT,
+        )
+        .await
+        .context("Bob's tile was not pinned")?;
+        let pinned = ann.eval(&format!("return {widths};"), vec![]).await?;
+        let width = |value: &Value, index: usize| value[index].as_f64().unwrap_or(0.0);
+        ensure!(
+            width(&pinned, 0) > 2.0 * width(&pinned, 1),
+            "pinned, Bob's tile is not large beside Ann's: widths {pinned} (before {before})"
+        );
+        assert_playing(&ann, "Bob", "Ann's page, Bob pinned").await?;
+        ann.click(&remote_tile_css("Bob")).await?;
+        ann.wait_for_presence(".tiles.has-pinned", false, INDICATOR_TIMEOUT)
+            .await
+            .context("a second click did not unpin Bob's tile")?;
+        let unpinned = ann.eval(&format!("return {widths};"), vec![]).await?;
+        ensure!(
+            (width(&unpinned, 0) - width(&unpinned, 1)).abs() < 2.0,
+            "unpinned, the tiles are not the same size again: {unpinned}"
+        );
+        ann.click(&format!("{} .fullscreen", remote_tile_css("Bob")))
+            .await?;
+        ann.wait_for(
+            "Bob's tile full-screen",
+            "document.fullscreenElement && document.fullscreenElement.dataset.name === 'Bob'",
+            INDICATOR_TIMEOUT,
+        )
+        .await?;
+        ensure!(
+            ann.eval(
+                "return document.querySelectorAll('.tile.pinned').length;",
+                vec![]
+            )
+            .await?
+                == json!(0),
+            "the full-screen button also pinned the tile"
+        );
+        assert_playing(&ann, "Bob", "Ann's page, Bob full-screen").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("pins-ann", ann), ("pins-bob", bob)]).await
+}
+
 /// On a server with access control, the room link carries a join token: the page offers the
 /// token's name and joins; the same room's link without a token gets the server's reason.
 #[tokio::test]

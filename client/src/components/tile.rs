@@ -1,6 +1,8 @@
-//! One participant's tile: their video (with their audio), name, and muted / camera-off marks.
+//! One participant's tile: their video (with their audio), name, muted / camera-off marks (the
+//! initials on a colour of their own when the camera is off), a click to pin it and a button to
+//! show it full-screen.
 
-use web_sys::{HtmlVideoElement, MediaStream};
+use web_sys::{HtmlElement, HtmlVideoElement, MediaStream};
 use yew::prelude::*;
 
 #[derive(Properties, PartialEq)]
@@ -13,11 +15,17 @@ pub struct TileProps {
     pub local: bool,
     pub mic_muted: bool,
     pub camera_off: bool,
+    /// Shown large, the others beside it.
+    #[prop_or_default]
+    pub pinned: bool,
+    /// A click on the tile: pin it, or unpin it.
+    pub on_pin: Callback<()>,
 }
 
 #[function_component(Tile)]
 pub fn tile(props: &TileProps) -> Html {
     let video = use_node_ref();
+    let figure = use_node_ref();
     {
         // After every render: the element shows this stream and plays. A media element that
         // was moved in the page pauses, and autoplay does not start it again.
@@ -36,14 +44,33 @@ pub fn tile(props: &TileProps) -> Html {
     let class = classes!(
         "tile",
         props.local.then_some("local"),
-        props.camera_off.then_some("camera-off")
+        props.camera_off.then_some("camera-off"),
+        props.pinned.then_some("pinned")
     );
+    let on_click = props.on_pin.reform(|_: MouseEvent| ());
+    let on_fullscreen = {
+        let figure = figure.clone();
+        Callback::from(move |event: MouseEvent| {
+            // Not a pin as well.
+            event.stop_propagation();
+            if let Some(figure) = figure.cast::<HtmlElement>() {
+                let _ = figure.request_fullscreen();
+            }
+        })
+    };
+    let colour = format!("background: hsl({}, 45%, 38%)", hue(&props.name));
     html! {
-        <figure {class} data-peer-id={props.peer_id.clone()} data-name={props.name.clone()}>
+        <figure {class} ref={figure} onclick={on_click} title={if props.pinned { "Click to unpin" } else { "Click to pin" }}
+            data-peer-id={props.peer_id.clone()} data-name={props.name.clone()}>
             <video ref={video} autoplay=true playsinline=true muted={props.local} />
             if props.camera_off {
-                <div class="camera-off-indicator" title="Camera off">{ initials(&props.name) }</div>
+                <div class="camera-off-indicator" title="Camera off" style={colour}>{ initials(&props.name) }</div>
             }
+            <button class="fullscreen" type="button" title="Full screen" aria-label="Full screen" onclick={on_fullscreen}>
+                <svg viewBox="0 0 16 16" width="16" height="16" aria-hidden="true">
+                    <path d="M1 6V1h5M10 1h5v5M15 10v5h-5M6 15H1v-5" fill="none" stroke="currentColor" stroke-width="2" />
+                </svg>
+            </button>
             <figcaption>
                 { &props.name }
                 if props.mic_muted {
@@ -62,6 +89,13 @@ fn play(element: &HtmlVideoElement) {
             let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
         });
     }
+}
+
+/// A hue of the name's own, so that camera-off tiles are told apart at a glance.
+fn hue(name: &str) -> u32 {
+    name.bytes().fold(7u32, |hash, byte| {
+        hash.wrapping_mul(31).wrapping_add(u32::from(byte))
+    }) % 360
 }
 
 /// Up to two initials, shown when the camera is off.

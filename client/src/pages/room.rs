@@ -126,6 +126,15 @@ fn call(props: &CallProps) -> Html {
             },
         );
     }
+    // The pinned tile's peer id (ours is the empty string before joining): shown large.
+    let pinned = use_state(|| None::<String>);
+    let pin = |peer_id: String| {
+        let pinned = pinned.clone();
+        Callback::from(move |()| {
+            let again = pinned.as_deref() == Some(peer_id.as_str());
+            pinned.set((!again).then(|| peer_id.clone()));
+        })
+    };
     let navigator = use_navigator();
     let toggle = |track_type: TrackType, on: bool| {
         let session = session.clone();
@@ -160,6 +169,16 @@ fn call(props: &CallProps) -> Html {
         .as_ref()
         .map(ToString::to_string)
         .unwrap_or_default();
+    // Tiles keep their place in the page (a moved video element stops playing); the layout is
+    // CSS: a grid of about as many columns as rows, or the pinned tile large and a strip.
+    let tiles = state.peers.len() + 1;
+    let pinned_here = pinned
+        .as_deref()
+        .is_some_and(|id| id == me || state.peers.keys().any(|peer| peer.to_string() == id));
+    let columns = (1..=tiles)
+        .find(|columns| columns * columns >= tiles)
+        .unwrap_or(1);
+    let layout = format!("--columns: {columns}; --others: {}", (tiles - 1).max(1));
     let status_text = match state.status {
         Status::Connecting => "Connecting…",
         Status::Joined if state.media_stalled => "Connected, no media",
@@ -180,12 +199,15 @@ fn call(props: &CallProps) -> Html {
                     { "Audio and video cannot get through: the media connection has not come up. A firewall or network may block UDP to the server, or the server announces an address this browser cannot reach (its --media-ip / --announce-ip)." }
                 </p>
             }
-            <section class="tiles" data-count={(state.peers.len() + 1).to_string()}>
+            <section class={classes!("tiles", pinned_here.then_some("has-pinned"))} style={layout}
+                data-count={tiles.to_string()}>
                 <Tile key="local" peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
-                    local=true mic_muted={!state.mic_on} camera_off={!state.camera_on} />
+                    local=true mic_muted={!state.mic_on} camera_off={!state.camera_on}
+                    pinned={pinned.as_deref() == Some(me.as_str())} on_pin={pin(me.clone())} />
                 { for state.peers_by_arrival().into_iter().map(|(id, peer)| html! {
                     <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
-                        mic_muted={peer.mic_muted()} camera_off={peer.camera_off()} />
+                        mic_muted={peer.mic_muted()} camera_off={peer.camera_off()}
+                        pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())} />
                 }) }
             </section>
             <aside>
