@@ -1,10 +1,102 @@
-//! The camera and microphone: `getUserMedia` with sensible constraints, falling back to what
-//! exists (audio only, video only), and a message a person understands when it fails.
+//! The camera and microphone: `getUserMedia` with sensible constraints (the devices last chosen
+//! preferred), falling back to what exists (audio only, video only), and a message a person
+//! understands when it fails; the devices there are, and one device's track for a switch.
 
 use js_sys::Reflect;
+use shared::metadata::TrackType;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{DomException, MediaStream, MediaStreamConstraints, MediaTrackConstraints};
+use web_sys::{
+    DomException, MediaDeviceInfo, MediaDeviceKind, MediaStream, MediaStreamConstraints,
+    MediaStreamTrack, MediaTrackConstraints,
+};
+
+use crate::profile;
+
+/// A camera or microphone the browser offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub id: String,
+    pub label: String,
+    /// `Audio` for a microphone, `Camera` for a camera.
+    pub kind: TrackType,
+}
+
+/// The cameras and microphones there are now (labelled once access was granted).
+pub async fn devices() -> Vec<Device> {
+    let Some(list) = media_devices()
+        .and_then(|devices| devices.enumerate_devices())
+        .ok()
+    else {
+        return Vec::new();
+    };
+    let Ok(list) = JsFuture::from(list).await else {
+        return Vec::new();
+    };
+    let mut devices = Vec::new();
+    for info in js_sys::Array::from(&list).iter() {
+        let info: MediaDeviceInfo = info.unchecked_into();
+        let kind = match info.kind() {
+            MediaDeviceKind::Audioinput => TrackType::Audio,
+            MediaDeviceKind::Videoinput => TrackType::Camera,
+            _ => continue,
+        };
+        let number = devices.iter().filter(|d: &&Device| d.kind == kind).count() + 1;
+        let label = match (info.label(), kind) {
+            (label, _) if !label.is_empty() => label,
+            (_, TrackType::Audio) => format!("Microphone {number}"),
+            _ => format!("Camera {number}"),
+        };
+        devices.push(Device {
+            id: info.device_id(),
+            label,
+            kind,
+        });
+    }
+    devices
+}
+
+/// The device a track comes from.
+pub fn device_of(track: &MediaStreamTrack) -> Option<String> {
+    Reflect::get(&track.get_settings(), &"deviceId".into())
+        .ok()?
+        .as_string()
+}
+
+/// A track of exactly the device `device_id`, of `kind`.
+pub async fn open_track(kind: TrackType, device_id: &str) -> Result<MediaStreamTrack, JsValue> {
+    let constraints = MediaStreamConstraints::new();
+    let exact = js_sys::Object::new();
+    Reflect::set(&exact, &"exact".into(), &device_id.into())?;
+    match kind {
+        TrackType::Audio => {
+            let audio = MediaTrackConstraints::new();
+            audio.set_device_id(&exact);
+            constraints.set_audio(&audio);
+        }
+        _ => {
+            let video = camera_constraints()?;
+            video.set_device_id(&exact);
+            constraints.set_video(&video);
+        }
+    }
+    let stream: MediaStream =
+        JsFuture::from(media_devices()?.get_user_media_with_constraints(&constraints)?)
+            .await?
+            .dyn_into()?;
+    stream
+        .get_tracks()
+        .get(0)
+        .dyn_into()
+        .map_err(|_| JsValue::from_str("the device gave no track"))
+}
+
+fn media_devices() -> Result<web_sys::MediaDevices, JsValue> {
+    web_sys::window()
+        .ok_or("no window")?
+        .navigator()
+        .media_devices()
+}
 
 /// What the browser gave us: a stream (maybe with only some tracks), and what went wrong.
 pub struct LocalMedia {
@@ -53,27 +145,41 @@ pub async fn open() -> LocalMedia {
 }
 
 async fn get_user_media(audio: bool, video: bool) -> Result<MediaStream, JsValue> {
-    let devices = web_sys::window()
-        .ok_or("no window")?
-        .navigator()
-        .media_devices()?;
     let constraints = MediaStreamConstraints::new();
-    constraints.set_audio(&JsValue::from_bool(audio));
+    if audio {
+        let audio = MediaTrackConstraints::new();
+        if let Some(id) = profile::device(TrackType::Audio) {
+            audio.set_device_id(&ideal(id)?);
+        }
+        constraints.set_audio(&audio);
+    } else {
+        constraints.set_audio(&JsValue::FALSE);
+    }
     if video {
-        let video = MediaTrackConstraints::new();
-        video.set_width(&ideal(640.0)?);
-        video.set_height(&ideal(360.0)?);
-        video.set_frame_rate(&ideal(24.0)?);
+        let video = camera_constraints()?;
+        if let Some(id) = profile::device(TrackType::Camera) {
+            video.set_device_id(&ideal(id)?);
+        }
         constraints.set_video(&video);
     } else {
         constraints.set_video(&JsValue::FALSE);
     }
-    let stream = JsFuture::from(devices.get_user_media_with_constraints(&constraints)?).await?;
+    let stream =
+        JsFuture::from(media_devices()?.get_user_media_with_constraints(&constraints)?).await?;
     stream.dyn_into()
 }
 
+/// 640×360 at 24 fps, as close as the camera gets.
+fn camera_constraints() -> Result<MediaTrackConstraints, JsValue> {
+    let video = MediaTrackConstraints::new();
+    video.set_width(&ideal(640.0)?);
+    video.set_height(&ideal(360.0)?);
+    video.set_frame_rate(&ideal(24.0)?);
+    Ok(video)
+}
+
 /// `{ideal: value}`: the browser gets close without failing when it cannot match.
-fn ideal(value: f64) -> Result<JsValue, JsValue> {
+fn ideal(value: impl Into<JsValue>) -> Result<JsValue, JsValue> {
     let object = js_sys::Object::new();
     Reflect::set(&object, &"ideal".into(), &value.into())?;
     Ok(object.into())

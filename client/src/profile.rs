@@ -1,8 +1,10 @@
-//! What the browser remembers between visits: the last room and display name (localStorage).
+//! What the browser remembers between visits (localStorage): the last room and display name,
+//! and the camera and microphone last chosen.
 
 use std::cell::Cell;
 
 use gloo::storage::{LocalStorage, Storage};
+use shared::metadata::TrackType;
 
 const ROOM_KEY: &str = "videoroom.room";
 const NAME_KEY: &str = "videoroom.displayName";
@@ -19,6 +21,22 @@ pub fn display_name() -> String {
 pub fn remember(room: &str, display_name: &str) {
     let _ = LocalStorage::set(ROOM_KEY, room);
     let _ = LocalStorage::set(NAME_KEY, display_name);
+}
+
+fn device_key(kind: TrackType) -> &'static str {
+    match kind {
+        TrackType::Audio => "videoroom.microphone",
+        _ => "videoroom.camera",
+    }
+}
+
+/// The device of `kind` last chosen, if any.
+pub fn device(kind: TrackType) -> Option<String> {
+    LocalStorage::get(device_key(kind)).ok()
+}
+
+pub fn remember_device(kind: TrackType, device_id: &str) {
+    let _ = LocalStorage::set(device_key(kind), device_id);
 }
 
 /// A display name must say something and fit on a tile.

@@ -6,6 +6,8 @@ use std::rc::Rc;
 
 use shared::metadata::{display_name, track_active, track_type, TrackType};
 use shared::server_event::ChatMessage;
+
+use crate::media::Device;
 use shared::{Metadata, PeerId, TrackId};
 use web_sys::MediaStream;
 use yew::Reducible;
@@ -97,6 +99,13 @@ pub struct RoomState {
     pub media_stalled: bool,
     /// The room's chat, oldest first: what the room kept when we joined, then what came since.
     pub chat: Vec<ChatMessage>,
+    /// The cameras and microphones there are.
+    pub devices: Vec<Device>,
+    /// The microphone and the camera in use.
+    pub microphone: Option<String>,
+    pub camera: Option<String>,
+    /// What happened that the person should know, newest last (not errors).
+    pub notices: Vec<String>,
 }
 
 pub enum RoomAction {
@@ -127,6 +136,11 @@ pub enum RoomAction {
     MediaUp(bool),
     /// A chat message came.
     Chat(ChatMessage),
+    /// The cameras and microphones there are now.
+    Devices(Vec<Device>),
+    /// The microphone (`Audio`) or camera now in use.
+    DeviceInUse(TrackType, String),
+    Notice(String),
     /// The room's last chat messages, on joining it (again).
     ChatHistory(Vec<ChatMessage>),
     /// The connection was lost and is being made again: the others are gone until the room is
@@ -245,6 +259,10 @@ impl Reducible for RoomState {
                 state.chat.push(message);
             }
             RoomAction::ChatHistory(messages) => state.chat = messages,
+            RoomAction::Devices(devices) => state.devices = devices,
+            RoomAction::DeviceInUse(TrackType::Audio, id) => state.microphone = Some(id),
+            RoomAction::DeviceInUse(_, id) => state.camera = Some(id),
+            RoomAction::Notice(notice) => state.notices.push(notice),
             RoomAction::Reconnecting => {
                 if !matches!(state.status, Status::Disconnected | Status::Failed) {
                     state.status = Status::Reconnecting;

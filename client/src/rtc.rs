@@ -34,6 +34,7 @@ use web_sys::{
 use yew::Callback;
 
 use crate::media;
+use crate::profile;
 use crate::room_state::{RoomAction, Status};
 use crate::signaling::{Signaling, SignalingEvent};
 
@@ -87,6 +88,9 @@ struct Inner {
     pc: Option<RtcPeerConnection>,
     /// Keeps the connection's event handlers alive as long as the connection.
     handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+    /// Keeps the local devices' handlers (a track ended, the device list changed) alive as
+    /// long as the call: the camera and microphone outlive reconnections.
+    device_handlers: Vec<Closure<dyn FnMut(JsValue)>>,
     /// The server's last answer: which mid carries which track.
     mid_to_track_id: BTreeMap<String, TrackId>,
     /// Server candidates that came before an answer could take them.
@@ -118,6 +122,7 @@ impl Session {
                 me: None,
                 pc: None,
                 handlers: Vec::new(),
+                device_handlers: Vec::new(),
                 mid_to_track_id: BTreeMap::new(),
                 early_candidates: Vec::new(),
                 left: false,
@@ -144,6 +149,7 @@ impl Session {
             return;
         }
         self.inner.borrow_mut().local_stream = local.stream;
+        self.watch_devices().await;
 
         let (events, mut queue) = mpsc::unbounded::<Tagged>();
         self.inner.borrow_mut().events = Some(events);
@@ -617,6 +623,127 @@ impl Session {
     /// room sends it back, in the room's order).
     pub fn send_chat(&self, text: String) {
         self.push(ClientEvent::ChatMessage(ChatText { text }));
+    }
+
+    /// Switches the camera or microphone (`kind`) to the device `device_id`, in place: the
+    /// new track replaces the old one on its sender (`replaceTrack`), so nothing is negotiated
+    /// and the others see and hear the new device at once.
+    pub fn switch_device(&self, kind: TrackType, device_id: String) {
+        let session = self.clone();
+        spawn_local(async move {
+            if let Err(err) = session.replace_device(kind, &device_id).await {
+                session.dispatch(RoomAction::Problem(format!(
+                    "That device could not be used: {}",
+                    describe(&err)
+                )));
+            }
+        });
+    }
+
+    async fn replace_device(&self, kind: TrackType, device_id: &str) -> Result<(), JsValue> {
+        let new = media::open_track(kind, device_id).await?;
+        let (stream, pc) = {
+            let inner = self.inner.borrow();
+            (inner.local_stream.clone(), inner.pc.clone())
+        };
+        let Some(stream) = stream else {
+            new.stop();
+            return Err("there is no local media to switch".into());
+        };
+        let old = tracks_of(Some(&stream), Some(kind)).into_iter().next();
+        if let Some(old) = &old {
+            new.set_enabled(old.enabled());
+        }
+        if let Some(pc) = pc {
+            for transceiver in transceivers(&pc) {
+                let sender = transceiver.sender();
+                if sender
+                    .track()
+                    .is_some_and(|track| Some(&track) == old.as_ref())
+                {
+                    JsFuture::from(sender.replace_track(Some(&new))).await?;
+                }
+            }
+        }
+        if let Some(old) = &old {
+            stream.remove_track(old);
+            old.stop();
+        }
+        stream.add_track(&new);
+        for local in &mut self.inner.borrow_mut().local_tracks {
+            if Some(&local.track) == old.as_ref() {
+                local.track = new.clone();
+            }
+        }
+        self.watch_unplugging(&new, kind);
+        profile::remember_device(kind, device_id);
+        self.dispatch(RoomAction::DeviceInUse(kind, device_id.to_owned()));
+        Ok(())
+    }
+
+    /// Lists the devices for the page, says which are in use, and follows both: a device that
+    /// goes away (its track ends) is replaced by another of its kind, with a notice.
+    async fn watch_devices(&self) {
+        for kind in [TrackType::Audio, TrackType::Camera] {
+            let stream = self.inner.borrow().local_stream.clone();
+            if let Some(track) = tracks_of(stream.as_ref(), Some(kind)).into_iter().next() {
+                if let Some(device) = media::device_of(&track) {
+                    self.dispatch(RoomAction::DeviceInUse(kind, device));
+                }
+                self.watch_unplugging(&track, kind);
+            }
+        }
+        self.dispatch(RoomAction::Devices(media::devices().await));
+        let session = self.clone();
+        let on_change = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            let session = session.clone();
+            spawn_local(async move {
+                session.dispatch(RoomAction::Devices(media::devices().await));
+            });
+        });
+        if let Some(devices) = web_sys::window().and_then(|w| w.navigator().media_devices().ok()) {
+            devices.set_ondevicechange(Some(on_change.as_ref().unchecked_ref()));
+        }
+        self.inner.borrow_mut().device_handlers.push(on_change);
+    }
+
+    /// When `track` ends without us stopping it (its device was unplugged or taken), switches
+    /// to another device of its kind and tells the person.
+    fn watch_unplugging(&self, track: &MediaStreamTrack, kind: TrackType) {
+        let session = self.clone();
+        let gone = media::device_of(track);
+        let label = track.label();
+        let on_ended = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+            let (session, gone, label) = (session.clone(), gone.clone(), label.clone());
+            spawn_local(async move {
+                let what = if kind == TrackType::Audio {
+                    "microphone"
+                } else {
+                    "camera"
+                };
+                let other = media::devices()
+                    .await
+                    .into_iter()
+                    .find(|device| device.kind == kind && Some(&device.id) != gone.as_ref());
+                let notice = match other {
+                    Some(device) => match session.replace_device(kind, &device.id).await {
+                        Ok(()) => format!(
+                            "Your {what} “{label}” went away: now using “{}”.",
+                            device.label
+                        ),
+                        Err(err) => format!(
+                            "Your {what} “{label}” went away, and “{}” could not be used: {}.",
+                            device.label,
+                            describe(&err)
+                        ),
+                    },
+                    None => format!("Your {what} “{label}” went away, and there is no other."),
+                };
+                session.dispatch(RoomAction::Notice(notice));
+            });
+        });
+        track.set_onended(Some(on_ended.as_ref().unchecked_ref()));
+        self.inner.borrow_mut().device_handlers.push(on_ended);
     }
 
     pub fn leave(&self) {

@@ -406,7 +406,9 @@ fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--use-fake-device-for-media-stream",
+        // Three fake cameras, to switch between. (The second sends Y16 depth frames, which
+        // Chromium never encodes: tests switch to the third, MJPEG.)
+        "--use-fake-device-for-media-stream=device-count=3",
         "--use-fake-ui-for-media-stream",
         "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns",

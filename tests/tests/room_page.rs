@@ -737,6 +737,91 @@ async fn a_clicked_tile_is_pinned_large_and_a_button_makes_it_full_screen() -> a
     finish(outcome, vec![("pins-ann", ann), ("pins-bob", bob)]).await
 }
 
+/// Ann switches to another camera mid-call: the new camera's track replaces the old one on its
+/// sender (nothing renegotiated), Bob keeps seeing her, and the choice is remembered. When that
+/// camera goes away (its track ends), the page falls back to the first with a notice.
+#[tokio::test]
+async fn switching_and_losing_a_camera_keeps_the_call_going() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "cameras").await?;
+        ann.wait_for(
+            "cameras to choose from",
+            "document.querySelectorAll('#camera-select option').length === 3 \
+             && !document.querySelector('#camera-select').disabled",
+            JOIN_TIMEOUT,
+        )
+        .await?;
+        let sent_camera = "(() => { const s = window.videoroomPeerConnection.getSenders() \
+            .find(s => s.track && s.track.kind === 'video'); return s && s.track.label; })()";
+        let first = ann.eval(&format!("return {sent_camera};"), vec![]).await?;
+        let before = ann
+            .eval(
+                "const pc = window.videoroomPeerConnection; \
+                 return [pc.getTransceivers().length, pc.localDescription.sdp];",
+                vec![],
+            )
+            .await?;
+        let chosen = ann
+            .eval(
+                "const select = document.querySelector('#camera-select'); \
+                 const other = [...select.options].find(o => o.textContent === 'fake_device_2'); \
+                 select.value = other.value; \
+                 select.dispatchEvent(new Event('change', { bubbles: true })); \
+                 return [other.value, other.textContent];",
+                vec![],
+            )
+            .await?;
+        ann.wait_for(
+            "the other camera on the sender",
+            &format!("{sent_camera} === {}", chosen[1]),
+            INDICATOR_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("the sender still sends {first} after choosing {chosen}"))?;
+        let after = ann
+            .eval(
+                "const pc = window.videoroomPeerConnection; \
+                 return [pc.getTransceivers().length, pc.localDescription.sdp];",
+                vec![],
+            )
+            .await?;
+        ensure!(after == before, "switching the camera renegotiated: {before} → {after}");
+        let remembered = ann
+            .eval("return localStorage.getItem('videoroom.camera');", vec![])
+            .await?;
+        ensure!(
+            remembered.as_str().map(|id| json!(id.trim_matches('"'))) == Some(chosen[0].clone()),
+            "the choice {chosen} was not remembered: {remembered}"
+        );
+        assert_playing(&bob, "Ann", "Bob's page, Ann on another camera").await?;
+
+        ann.eval(
+            "window.videoroomPeerConnection.getSenders() \
+             .find(s => s.track && s.track.kind === 'video').track.dispatchEvent(new Event('ended'));",
+            vec![],
+        )
+        .await?;
+        ann.wait_for_presence(".notice-banner", true, INDICATOR_TIMEOUT)
+            .await
+            .context("no notice that the camera went away")?;
+        let notice = ann.text_of(".notice-banner").await?;
+        ensure!(notice.contains("camera") && notice.contains("now using"), "the notice says {notice}");
+        ann.wait_for(
+            "the first camera back on the sender",
+            &format!("{sent_camera} === {first}"),
+            INDICATOR_TIMEOUT,
+        )
+        .await?;
+        assert_playing(&bob, "Ann", "Bob's page, Ann's camera gone").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("cameras-ann", ann), ("cameras-bob", bob)]).await
+}
+
 /// On a server with access control, the room link carries a join token: the page offers the
 /// token's name and joins; the same room's link without a token gets the server's reason.
 #[tokio::test]

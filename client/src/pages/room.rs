@@ -152,6 +152,31 @@ fn call(props: &CallProps) -> Html {
             }
         })
     };
+    let on_device = |kind: TrackType| {
+        let session = session.clone();
+        Callback::from(move |event: Event| {
+            let id = event
+                .target_unchecked_into::<web_sys::HtmlSelectElement>()
+                .value();
+            if let Some(session) = &*session.borrow() {
+                session.switch_device(kind, id);
+            }
+        })
+    };
+    let device_select = |kind: TrackType, id: &str, label: &str, current: &Option<String>| {
+        let choices: Vec<_> = state
+            .devices
+            .iter()
+            .filter(|device| device.kind == kind)
+            .collect();
+        html! {
+            <select id={id.to_owned()} aria-label={label.to_owned()} disabled={choices.len() < 2 || current.is_none()} onchange={on_device(kind)}>
+                { for choices.into_iter().map(|device| html! {
+                    <option value={device.id.clone()} selected={current.as_ref() == Some(&device.id)}>{ &device.label }</option>
+                }) }
+            </select>
+        }
+    };
     let on_disconnect = {
         let session = session.clone();
         Callback::from(move |_: MouseEvent| {
@@ -194,6 +219,7 @@ fn call(props: &CallProps) -> Html {
                 <span class={classes!("status", state.status.as_str())}>{ status_text }</span>
             </header>
             { for state.problems.iter().map(|problem| html! { <p class="error-banner" role="alert">{ problem }</p> }) }
+            { for state.notices.iter().map(|notice| html! { <p class="notice-banner" role="status">{ notice }</p> }) }
             if state.media_stalled && state.status == Status::Joined {
                 <p class="error-banner media-stalled" role="alert">
                     { "Audio and video cannot get through: the media connection has not come up. A firewall or network may block UDP to the server, or the server announces an address this browser cannot reach (its --media-ip / --announce-ip)." }
@@ -225,6 +251,8 @@ fn call(props: &CallProps) -> Html {
                 <button id="toggle-camera" disabled={!state.has_camera} onclick={toggle(TrackType::Camera, !state.camera_on)}>
                     { if state.camera_on { "Camera off" } else { "Camera on" } }
                 </button>
+                { device_select(TrackType::Audio, "microphone-select", "Microphone", &state.microphone) }
+                { device_select(TrackType::Camera, "camera-select", "Camera", &state.camera) }
                 <button id="disconnect" class="leave" onclick={on_disconnect}>{ "Disconnect" }</button>
             </nav>
         </main>
