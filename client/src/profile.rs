@@ -39,6 +39,22 @@ pub fn remember_device(kind: TrackType, device_id: &str) {
     let _ = LocalStorage::set(device_key(kind), device_id);
 }
 
+fn joining_key(kind: TrackType) -> &'static str {
+    match kind {
+        TrackType::Audio => "videoroom.joinWithMicrophone",
+        _ => "videoroom.joinWithCamera",
+    }
+}
+
+/// Whether calls start with the microphone (`Audio`) or camera on; on unless chosen otherwise.
+pub fn joins_with(kind: TrackType) -> bool {
+    LocalStorage::get(joining_key(kind)).unwrap_or(true)
+}
+
+pub fn remember_joining_with(kind: TrackType, on: bool) {
+    let _ = LocalStorage::set(joining_key(kind), on);
+}
+
 /// A display name must say something and fit on a tile.
 pub fn validate_display_name(name: &str) -> Result<&str, &'static str> {
     let name = name.trim();

@@ -149,6 +149,12 @@ impl Session {
             return;
         }
         self.inner.borrow_mut().local_stream = local.stream;
+        // Chosen before joining: start with the microphone or camera off.
+        for kind in [TrackType::Audio, TrackType::Camera] {
+            if !profile::joins_with(kind) {
+                self.set_enabled(kind, false);
+            }
+        }
         self.watch_devices().await;
 
         let (events, mut queue) = mpsc::unbounded::<Tagged>();

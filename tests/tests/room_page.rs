@@ -316,6 +316,49 @@ async fn muting_and_camera_off_show_on_the_other_side() -> anyhow::Result<()> {
     finish(outcome, vec![("mute-ann", ann), ("mute-bob", bob)]).await
 }
 
+/// Ann chooses on the home page to join with her camera off: from the start Bob's page and her
+/// own show it off, and the choice is remembered; turning the camera on shows her video.
+#[tokio::test]
+async fn joining_with_the_camera_off_starts_with_it_off() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        fill_home_form(&ann, &server, "camera-shy", "Ann").await?;
+        ann.click("#join-camera").await?;
+        click_join(&ann).await?;
+        join_from_home(&bob, &server, "camera-shy", "Bob").await?;
+        let camera_off = format!("{} .camera-off-indicator", remote_tile_css("Ann"));
+        bob.wait_for_presence(&camera_off, true, JOIN_TIMEOUT)
+            .await
+            .context("Ann joined with her camera off, Bob's page does not show it")?;
+        ann.wait_for_presence(".tile.local .camera-off-indicator", true, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann's own tile does not show her camera off")?;
+        ensure!(
+            ann.text_of("#toggle-camera").await? == "Camera on",
+            "Ann's camera button does not offer to turn it on"
+        );
+        ensure!(
+            ann.eval(
+                "return localStorage.getItem('videoroom.joinWithCamera');",
+                vec![]
+            )
+            .await?
+                == json!("false"),
+            "the choice was not remembered"
+        );
+        ann.click("#toggle-camera").await?;
+        bob.wait_for_presence(&camera_off, false, INDICATOR_TIMEOUT)
+            .await
+            .context("Ann turned her camera on, Bob's page still shows it off")?;
+        assert_playing(&bob, "Ann", "Bob's page, Ann's camera on").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("shy-ann", ann), ("shy-bob", bob)]).await
+}
+
 /// A Membrane JS client publishes its tracks with `{}` metadata: our page counts them as on (audio
 /// by kind, video as a camera), so its tile shows neither a muted nor a camera-off mark.
 #[tokio::test]

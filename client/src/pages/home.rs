@@ -6,6 +6,7 @@ use yew::prelude::*;
 use yew_router::prelude::*;
 
 use crate::app::Route;
+use crate::components::JoinChoices;
 use crate::profile;
 
 #[function_component(Home)]
@@ -50,6 +51,7 @@ pub fn home() -> Html {
                 <label for="display-name">{ "Your name" }</label>
                 <input id="display-name" value={(*name).clone()} oninput={on_name}
                     placeholder="Ann" autocomplete="name" />
+                <JoinChoices />
                 if let Some(message) = &*error {
                     <p class="error" role="alert">{ message }</p>
                 }

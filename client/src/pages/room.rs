@@ -7,7 +7,7 @@ use yew::prelude::*;
 use yew_router::prelude::*;
 
 use crate::app::Route;
-use crate::components::{Chat, Tile};
+use crate::components::{Chat, JoinChoices, Tile};
 use crate::profile;
 use crate::room_state::{RoomState, Status};
 use crate::rtc::Session;
@@ -92,6 +92,7 @@ fn name_form(props: &NameFormProps) -> Html {
             <form id="name-form" onsubmit={on_submit}>
                 <label for="display-name">{ "Your name" }</label>
                 <input id="display-name" value={(*name).clone()} oninput={on_input} placeholder="Ann" autocomplete="name" />
+                <JoinChoices />
                 if let Some(message) = *error {
                     <p class="error" role="alert">{ message }</p>
                 }
