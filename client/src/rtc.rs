@@ -37,6 +37,7 @@ use crate::media;
 use crate::profile;
 use crate::room_state::{RoomAction, Status};
 use crate::signaling::{Signaling, SignalingEvent};
+use crate::timings::{self, Step};
 
 /// Attempts to reconnect in a row (without getting into the room) before the call is given up.
 const MAX_RECONNECT_ATTEMPTS: u32 = 10;
@@ -133,7 +134,14 @@ impl Session {
     }
 
     async fn run(self) {
+        timings::mark(Step::Started);
+        // The socket and the room's channel open while the browser opens camera and microphone;
+        // their events wait in the queue until the local media is there to publish.
+        let (events, mut queue) = mpsc::unbounded::<Tagged>();
+        self.inner.borrow_mut().events = Some(events);
+        self.open_signaling();
         let local = media::open().await;
+        timings::mark(Step::Media);
         let dispatch = self.inner.borrow().dispatch.clone();
         if let Some(problem) = local.problem {
             dispatch.emit(RoomAction::Problem(problem));
@@ -155,11 +163,8 @@ impl Session {
                 self.set_enabled(kind, false);
             }
         }
-        self.watch_devices().await;
+        spawn_local(self.clone().watch_devices());
 
-        let (events, mut queue) = mpsc::unbounded::<Tagged>();
-        self.inner.borrow_mut().events = Some(events);
-        self.open_signaling();
         while let Some((connection, event)) = queue.next().await {
             if self.inner.borrow().left {
                 break;
@@ -244,6 +249,7 @@ impl Session {
     async fn handle(&self, event: SignalingEvent) -> Result<Next, JsValue> {
         match event {
             SignalingEvent::Joined => {
+                timings::mark(Step::Channel);
                 let metadata = peer_metadata(&self.inner.borrow().display_name);
                 self.push(ClientEvent::Join(Join { metadata }));
             }
@@ -259,6 +265,7 @@ impl Session {
         let is_me = |id: &PeerId| me.as_ref() == Some(id);
         match event {
             ServerEvent::PeerAccepted(accepted) => {
+                timings::mark(Step::PeerAccepted);
                 {
                     let mut inner = self.inner.borrow_mut();
                     inner.me = Some(accepted.id.clone());
@@ -384,6 +391,7 @@ impl Session {
     /// Answers `offerData`: the connection (first time) or an ICE restart, receiving slots up
     /// to `tracksTypes`, then an offer.
     async fn offer(&self, offer_data: OfferData) -> Result<(), JsValue> {
+        timings::mark(Step::OfferData);
         let existing = self.inner.borrow().pc.clone();
         let first = existing.is_none();
         let pc = match existing {
@@ -450,6 +458,7 @@ impl Session {
             })
             .collect();
         drop(inner);
+        timings::mark(Step::OfferSent);
         self.push(ClientEvent::SdpOffer(SdpOffer {
             sdp_offer: SessionDescription {
                 sdp_type: SdpType::Offer,
@@ -535,6 +544,7 @@ impl Session {
             } else {
                 TrackType::Camera
             };
+            timings::mark(Step::Track);
             session.dispatch(RoomAction::TrackKind(owner.clone(), track_id, kind));
             session.dispatch(RoomAction::Stream(owner, stream));
         });
@@ -545,6 +555,7 @@ impl Session {
         let on_state = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
             match watched.connection_state() {
                 RtcPeerConnectionState::Connected => {
+                    timings::mark(Step::Connected);
                     session.inner.borrow_mut().media_up = true;
                     session.dispatch(RoomAction::MediaUp(true));
                 }
@@ -568,6 +579,7 @@ impl Session {
     }
 
     async fn on_answer(&self, answer: SdpAnswer) -> Result<(), JsValue> {
+        timings::mark(Step::Answer);
         let Some(pc) = self.inner.borrow().pc.clone() else {
             return Err("an answer came before any offer".into());
         };
@@ -689,7 +701,7 @@ impl Session {
 
     /// Lists the devices for the page, says which are in use, and follows both: a device that
     /// goes away (its track ends) is replaced by another of its kind, with a notice.
-    async fn watch_devices(&self) {
+    async fn watch_devices(self) {
         for kind in [TrackType::Audio, TrackType::Camera] {
             let stream = self.inner.borrow().local_stream.clone();
             if let Some(track) = tracks_of(stream.as_ref(), Some(kind)).into_iter().next() {

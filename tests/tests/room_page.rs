@@ -57,6 +57,12 @@ async fn two_people_see_and_hear_each_other() -> anyhow::Result<()> {
             "Bob: join → first remote frame: {} ms",
             bob_first.as_millis()
         );
+        for (browser, page) in [(&ann, "Ann"), (&bob, "Bob")] {
+            println!(
+                "{page}: where the join's time went: {}",
+                join_timings(browser).await?
+            );
+        }
 
         for browser in [&ann, &bob] {
             assert_path(browser, "/room/standup").await?;
@@ -502,6 +508,31 @@ async fn relay_only_pages_talk_through_the_embedded_turn_server() -> anyhow::Res
         .await?;
     }
     Ok(())
+}
+
+/// The page's `videoroomTimings` (see the client's `timings`), as `step +ms` from the call's
+/// start, in order.
+async fn join_timings(browser: &Browser) -> anyhow::Result<String> {
+    let timings = browser
+        .eval("return window.videoroomTimings || {};", vec![])
+        .await?;
+    let Some(timings) = timings.as_object() else {
+        bail!("videoroomTimings is {timings}");
+    };
+    let start = timings
+        .get("Started")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let mut steps: Vec<(&String, f64)> = timings
+        .iter()
+        .filter_map(|(step, at)| Some((step, at.as_f64()? - start)))
+        .collect();
+    steps.sort_by(|a, b| a.1.total_cmp(&b.1));
+    Ok(steps
+        .iter()
+        .map(|(step, at)| format!("{step} +{at:.0}"))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// The local candidate of the page's selected candidate pair (`getStats()`).
