@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 ensure_client_tools
-say "building the web client (trunk build --release)"
-trunk build --release --quiet
+say "building the web client (scripts/build-client.sh)"
+scripts/build-client.sh
 say "starting the server"
 exec cargo run --release --quiet -p server -- "$@"

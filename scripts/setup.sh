@@ -1,6 +1,7 @@
 # Installs, when missing, the tools that build and test videoroom; sourced by run.sh and test.sh.
 # Each check is quiet when the tool is already there at the right version. Nothing is downloaded
-# outside the package registries: trunk is pointed at these tools instead of fetching its own.
+# outside the package registries (trunk, for `trunk serve`, is pointed at these tools instead of
+# fetching its own).
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -25,12 +26,6 @@ ensure_client_tools() {
   if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     say "adding the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown
-  fi
-
-  local trunk_version=0.21.14 # 0.22 needs a newer rustc than these machines have
-  if [ "$(trunk --version 2>/dev/null)" != "trunk $trunk_version" ]; then
-    say "installing trunk $trunk_version (about 10 minutes, once)"
-    cargo install trunk --version "$trunk_version" --locked
   fi
 
   local bindgen_version
@@ -62,6 +57,15 @@ ensure_browser() {
   if ! geckodriver --version 2>/dev/null | grep -q "^geckodriver $geckodriver_version"; then
     say "installing geckodriver $geckodriver_version (about 2 minutes, once)"
     cargo install geckodriver --version "$geckodriver_version" --locked
+  fi
+}
+
+# trunk, for `trunk serve` while working on the client (scripts/build-client.sh builds without it).
+ensure_trunk() {
+  local trunk_version=0.21.14 # 0.22 needs a newer rustc than these machines have
+  if [ "$(trunk --version 2>/dev/null)" != "trunk $trunk_version" ]; then
+    say "installing trunk $trunk_version (about 10 minutes, once)"
+    cargo install trunk --version "$trunk_version" --locked
   fi
 }
 

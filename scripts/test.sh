@@ -9,8 +9,8 @@ source scripts/setup.sh
 
 ensure_client_tools
 ensure_browser
-say "building the web client (trunk build --release)"
-trunk build --release --quiet
+say "building the web client (scripts/build-client.sh)"
+scripts/build-client.sh
 say "running the tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -26,7 +26,7 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_PORT", default_value_t = 4000)]
     pub port: u16,
 
-    /// Serve the web client from this directory (`trunk build --release` writes `dist/`)
+    /// Serve the web client from this directory (`scripts/build-client.sh` writes `dist/`)
     /// instead of the copy built into the binary.
     #[arg(long, env = "VIDEOROOM_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,

@@ -1,7 +1,8 @@
-//! The web client the server hands browsers: the `dist/` that `trunk build --release` wrote,
-//! built into the binary (so the release binary alone serves the room), or read from
-//! `--static-dir` for development. Every page of the client is `index.html` (its router picks the
-//! view), fetched anew each time; the assets it names carry a content hash and never change.
+//! The web client the server hands browsers: the `dist/` that `scripts/build-client.sh` (or
+//! trunk) wrote, built into the binary (so the release binary alone serves the room), or read
+//! from `--static-dir` for development. Every page of the client is `index.html` (its router
+//! picks the view), fetched anew each time; the assets it names carry a content hash and never
+//! change.
 
 use std::borrow::Cow;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Harness for the end-to-end tests: the real server on loopback, serving the client that
-//! `trunk build` put in `dist/`, and headless Chromium with a fake camera and microphone, driven
-//! over WebDriver by chromedriver.
+//! `scripts/build-client.sh` put in `dist/`, and headless Chromium (or Firefox) with a fake
+//! camera and microphone, driven over WebDriver by chromedriver (or geckodriver).
 //!
 //! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly,
 //! [`synthetic`] a WebRTC peer that publishes and counts media, and [`load`] runs many of those
