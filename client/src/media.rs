@@ -1,11 +1,16 @@
 //! The camera and microphone: `getUserMedia` with sensible constraints (the devices last chosen
 //! preferred), falling back to what exists (audio only, video only), and a message a person
-//! understands when it fails; the devices there are, and one device's track for a switch.
+//! understands when it fails; the devices there are, and one device's track for a switch. The
+//! media opened for the preview before joining is handed to the call, so joining does not wait
+//! for the camera a second time.
 
+use std::cell::RefCell;
+
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use js_sys::Reflect;
 use shared::metadata::TrackType;
 use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
     DomException, MediaDeviceInfo, MediaDeviceKind, MediaStream, MediaStreamConstraints,
     MediaStreamTrack, MediaTrackConstraints,
@@ -99,6 +104,7 @@ fn media_devices() -> Result<web_sys::MediaDevices, JsValue> {
 }
 
 /// What the browser gave us: a stream (maybe with only some tracks), and what went wrong.
+#[derive(Clone)]
 pub struct LocalMedia {
     pub stream: Option<MediaStream>,
     pub problem: Option<String>,
@@ -183,4 +189,120 @@ fn ideal(value: impl Into<JsValue>) -> Result<JsValue, JsValue> {
     let object = js_sys::Object::new();
     Reflect::set(&object, &"ideal".into(), &value.into())?;
     Ok(object.into())
+}
+
+/// Camera and microphone being opened (or opened), for whoever awaits them.
+pub type Opening = Shared<LocalBoxFuture<'static, LocalMedia>>;
+
+/// The preview's media, and whether a call was started with it (it is then the call's).
+struct Preview {
+    opening: Opening,
+    for_call: bool,
+}
+
+thread_local! {
+    static PREVIEW: RefCell<Option<Preview>> = const { RefCell::new(None) };
+}
+
+/// The preview's camera and microphone, opened now unless they are open or opening.
+pub fn preview() -> Opening {
+    PREVIEW.with(|preview| {
+        preview
+            .borrow_mut()
+            .get_or_insert_with(|| Preview {
+                opening: open().boxed_local().shared(),
+                for_call: false,
+            })
+            .opening
+            .clone()
+    })
+}
+
+/// Joining: the preview's media goes to the call that starts next.
+pub fn hand_preview_to_call() {
+    PREVIEW.with(|preview| {
+        if let Some(preview) = preview.borrow_mut().as_mut() {
+            preview.for_call = true;
+        }
+    });
+}
+
+/// The preview's media, if it was handed to a call (see [`hand_preview_to_call`]).
+pub fn take_preview() -> Option<Opening> {
+    PREVIEW.with(|preview| {
+        let mut preview = preview.borrow_mut();
+        if preview.as_ref().is_some_and(|p| p.for_call) {
+            preview.take().map(|p| p.opening)
+        } else {
+            None
+        }
+    })
+}
+
+/// The preview is gone without a call taking its media: the camera and microphone are
+/// released (once open, if they are still opening).
+pub fn close_preview() {
+    let unused = PREVIEW.with(|preview| {
+        let mut preview = preview.borrow_mut();
+        if preview.as_ref().is_some_and(|p| !p.for_call) {
+            preview.take()
+        } else {
+            None
+        }
+    });
+    if let Some(preview) = unused {
+        spawn_local(async move { stop_tracks(preview.opening.await.stream.as_ref()) });
+    }
+}
+
+/// Puts `new` in `stream` in place of `old` (stopped), if there was one.
+pub fn put_track(stream: &MediaStream, old: Option<&MediaStreamTrack>, new: &MediaStreamTrack) {
+    if let Some(old) = old {
+        stream.remove_track(old);
+        old.stop();
+    }
+    stream.add_track(new);
+}
+
+pub fn stop_tracks(stream: Option<&MediaStream>) {
+    for track in tracks_of(stream, None) {
+        track.stop();
+    }
+}
+
+/// The stream's microphone (`Audio`) or camera (any other type) tracks, or all of them.
+pub fn tracks_of(
+    stream: Option<&MediaStream>,
+    track_type: Option<TrackType>,
+) -> Vec<MediaStreamTrack> {
+    let Some(stream) = stream else {
+        return Vec::new();
+    };
+    let tracks = match track_type {
+        None => stream.get_tracks(),
+        Some(TrackType::Audio) => stream.get_audio_tracks(),
+        Some(_) => stream.get_video_tracks(),
+    };
+    tracks
+        .iter()
+        .filter_map(|track| track.dyn_into().ok())
+        .collect()
+}
+
+/// Starts playback. The browser may refuse until the person interacts with the page (autoplay
+/// rules) or interrupt it when the element changes: the next render tries again.
+pub fn play(element: &web_sys::HtmlMediaElement) {
+    if let Ok(promise) = element.play() {
+        spawn_local(async move {
+            let _ = JsFuture::from(promise).await;
+        });
+    }
+}
+
+/// A JavaScript error as text.
+pub fn describe(err: &JsValue) -> String {
+    err.dyn_ref::<js_sys::Error>()
+        .map(|err| String::from(err.message()))
+        .or_else(|| err.as_string())
+        .unwrap_or_else(|| format!("{err:?}"))
 }

@@ -33,7 +33,7 @@ use web_sys::{
 };
 use yew::Callback;
 
-use crate::media;
+use crate::media::{self, describe, stop_tracks, tracks_of};
 use crate::profile;
 use crate::room_state::{RoomAction, Status};
 use crate::signaling::{Signaling, SignalingEvent};
@@ -140,7 +140,11 @@ impl Session {
         let (events, mut queue) = mpsc::unbounded::<Tagged>();
         self.inner.borrow_mut().events = Some(events);
         self.open_signaling();
-        let local = media::open().await;
+        // Camera and microphone are usually open already: the preview before joining.
+        let local = match media::take_preview() {
+            Some(preview) => preview.await,
+            None => media::open().await,
+        };
         timings::mark(Step::Media);
         let dispatch = self.inner.borrow().dispatch.clone();
         if let Some(problem) = local.problem {
@@ -683,11 +687,7 @@ impl Session {
                 }
             }
         }
-        if let Some(old) = &old {
-            stream.remove_track(old);
-            old.stop();
-        }
-        stream.add_track(&new);
+        media::put_track(&stream, old.as_ref(), &new);
         for local in &mut self.inner.borrow_mut().local_tracks {
             if Some(&local.track) == old.as_ref() {
                 local.track = new.clone();
@@ -795,12 +795,6 @@ impl Inner {
     }
 }
 
-fn stop_tracks(stream: Option<&MediaStream>) {
-    for track in tracks_of(stream, None) {
-        track.stop();
-    }
-}
-
 /// A connection setting for tests and for checking a TURN setup by hand, from `localStorage`:
 /// `videoroom.iceTransportPolicy = "relay"` uses relayed candidates only, as behind a network
 /// that lets nothing else through; `videoroom.turnTransport = "udp" | "tcp" | "tls"` keeps only
@@ -811,22 +805,6 @@ fn ice_setting(key: &str) -> Option<String> {
         .get_item(key)
         .ok()
         .flatten()
-}
-
-/// The stream's microphone (`Audio`) or camera (any other type) tracks, or all of them.
-fn tracks_of(stream: Option<&MediaStream>, track_type: Option<TrackType>) -> Vec<MediaStreamTrack> {
-    let Some(stream) = stream else {
-        return Vec::new();
-    };
-    let tracks = match track_type {
-        None => stream.get_tracks(),
-        Some(TrackType::Audio) => stream.get_audio_tracks(),
-        Some(_) => stream.get_video_tracks(),
-    };
-    tracks
-        .iter()
-        .filter_map(|track| track.dyn_into().ok())
-        .collect()
 }
 
 fn transceivers(pc: &RtcPeerConnection) -> Vec<RtcRtpTransceiver> {
@@ -850,12 +828,4 @@ async fn add_candidate(pc: &RtcPeerConnection, candidate: &ServerCandidate) {
     {
         gloo::console::warn!(format!("candidate refused: {}", describe(&err)));
     }
-}
-
-/// A JavaScript error as text.
-fn describe(err: &JsValue) -> String {
-    err.dyn_ref::<js_sys::Error>()
-        .map(|err| String::from(err.message()))
-        .or_else(|| err.as_string())
-        .unwrap_or_else(|| format!("{err:?}"))
 }

@@ -24,6 +24,8 @@ pub enum Step {
     Track,
     /// ICE and DTLS are up.
     Connected,
+    /// A remote video's first frame is there to show.
+    FirstFrame,
 }
 
 /// Records `step` now, unless it was recorded before.

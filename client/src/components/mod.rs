@@ -1,9 +1,9 @@
-//! Pieces of the room page.
+//! Pieces of the pages.
 
 mod chat;
-mod join_choices;
+mod preview;
 mod tile;
 
 pub use chat::Chat;
-pub use join_choices::JoinChoices;
+pub use preview::Preview;
 pub use tile::Tile;

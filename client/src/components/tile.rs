@@ -36,7 +36,7 @@ pub fn tile(props: &TileProps) -> Html {
                     element.set_src_object(stream.as_ref());
                 }
                 if stream.is_some() && element.paused() {
-                    play(&element);
+                    crate::media::play(&element);
                 }
             }
         });
@@ -58,11 +58,17 @@ pub fn tile(props: &TileProps) -> Html {
             }
         })
     };
+    let local = props.local;
+    let on_first_frame = Callback::from(move |_: Event| {
+        if !local {
+            crate::timings::mark(crate::timings::Step::FirstFrame);
+        }
+    });
     let colour = format!("background: hsl({}, 45%, 38%)", hue(&props.name));
     html! {
         <figure {class} ref={figure} onclick={on_click} title={if props.pinned { "Click to unpin" } else { "Click to pin" }}
             data-peer-id={props.peer_id.clone()} data-name={props.name.clone()}>
-            <video ref={video} autoplay=true playsinline=true muted={props.local} />
+            <video ref={video} autoplay=true playsinline=true muted={props.local} onloadeddata={on_first_frame} />
             if props.camera_off {
                 <div class="camera-off-indicator" title="Camera off" style={colour}>{ initials(&props.name) }</div>
             }
@@ -78,16 +84,6 @@ pub fn tile(props: &TileProps) -> Html {
                 }
             </figcaption>
         </figure>
-    }
-}
-
-/// Starts playback. The browser may refuse until the person interacts with the page (autoplay
-/// rules) or interrupt it when the element changes: the next render tries again.
-fn play(element: &HtmlVideoElement) {
-    if let Ok(promise) = element.play() {
-        wasm_bindgen_futures::spawn_local(async move {
-            let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-        });
     }
 }
 

@@ -6,7 +6,8 @@ use yew::prelude::*;
 use yew_router::prelude::*;
 
 use crate::app::Route;
-use crate::components::JoinChoices;
+use crate::components::Preview;
+use crate::media;
 use crate::profile;
 
 #[function_component(Home)]
@@ -31,6 +32,7 @@ pub fn home() -> Html {
                 Err(message) => return error.set(Some(message.to_owned())),
             };
             profile::remember(room_id.as_str(), display_name);
+            media::hand_preview_to_call();
             profile::intend_to_join();
             if let Some(navigator) = &navigator {
                 navigator.push(&Route::Room {
@@ -51,7 +53,7 @@ pub fn home() -> Html {
                 <label for="display-name">{ "Your name" }</label>
                 <input id="display-name" value={(*name).clone()} oninput={on_name}
                     placeholder="Ann" autocomplete="name" />
-                <JoinChoices />
+                <Preview />
                 if let Some(message) = &*error {
                     <p class="error" role="alert">{ message }</p>
                 }

@@ -7,7 +7,8 @@ use yew::prelude::*;
 use yew_router::prelude::*;
 
 use crate::app::Route;
-use crate::components::{Chat, JoinChoices, Tile};
+use crate::components::{Chat, Preview, Tile};
+use crate::media;
 use crate::profile;
 use crate::room_state::{RoomState, Status};
 use crate::rtc::Session;
@@ -80,6 +81,7 @@ fn name_form(props: &NameFormProps) -> Html {
             match profile::validate_display_name(&name) {
                 Ok(valid) => {
                     profile::remember(room.as_str(), valid);
+                    media::hand_preview_to_call();
                     on_join.emit(valid.to_owned());
                 }
                 Err(message) => error.set(Some(message)),
@@ -92,7 +94,7 @@ fn name_form(props: &NameFormProps) -> Html {
             <form id="name-form" onsubmit={on_submit}>
                 <label for="display-name">{ "Your name" }</label>
                 <input id="display-name" value={(*name).clone()} oninput={on_input} placeholder="Ann" autocomplete="name" />
-                <JoinChoices />
+                <Preview />
                 if let Some(message) = *error {
                     <p class="error" role="alert">{ message }</p>
                 }
