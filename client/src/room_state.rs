@@ -1,7 +1,7 @@
 //! What the room page shows, as one value changed only by [`RoomAction`]s (a reducer): the
 //! connection's status, who is here, their tracks and streams, and what went wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use shared::metadata::{display_name, track_active, track_type, TrackType};
@@ -106,6 +106,11 @@ pub struct RoomState {
     pub camera: Option<String>,
     /// What happened that the person should know, newest last (not errors).
     pub notices: Vec<String>,
+    /// Who is speaking now (ourselves included), as the server hears it.
+    pub speaking: BTreeSet<PeerId>,
+    /// When each peer last began to speak, in a count of speeches: recent speakers lead.
+    spoke: BTreeMap<PeerId, u64>,
+    speeches: u64,
 }
 
 pub enum RoomAction {
@@ -141,6 +146,8 @@ pub enum RoomAction {
     /// The microphone (`Audio`) or camera now in use.
     DeviceInUse(TrackType, String),
     Notice(String),
+    /// An audio track began (`true`) or stopped carrying speech.
+    Voice(TrackId, bool),
     /// The room's last chat messages, on joining it (again).
     ChatHistory(Vec<ChatMessage>),
     /// The connection was lost and is being made again: the others are gone until the room is
@@ -154,6 +161,22 @@ impl RoomState {
     fn next_arrival(&mut self) -> u64 {
         self.arrivals += 1;
         self.arrivals
+    }
+
+    /// Where `peer`'s tile goes among the others (CSS `order`): the most recent speaker
+    /// first, then earlier ones, then those who have not spoken, in the order they came.
+    pub fn tile_order(&self, peer: Option<&PeerId>) -> i64 {
+        peer.and_then(|peer| self.spoke.get(peer))
+            .map_or(0, |&speech| -i64::try_from(speech).unwrap_or(i64::MAX))
+    }
+
+    /// The owner of `track`: a remote peer whose track it is, or ourselves.
+    fn owner_of(&self, track: &TrackId) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .find(|(_, peer)| peer.tracks.contains_key(track))
+            .map(|(id, _)| id.clone())
+            .or_else(|| self.me.clone().filter(|me| track.is_owned_by(me)))
     }
 
     /// The remote peers in the order they came.
@@ -210,6 +233,8 @@ impl Reducible for RoomState {
             }
             RoomAction::PeerLeft(id) => {
                 state.peers.remove(&id);
+                state.speaking.remove(&id);
+                state.spoke.remove(&id);
             }
             RoomAction::PeerUpdated(id, metadata) => {
                 if let Some(peer) = state.peers.get_mut(&id) {
@@ -263,11 +288,24 @@ impl Reducible for RoomState {
             RoomAction::DeviceInUse(TrackType::Audio, id) => state.microphone = Some(id),
             RoomAction::DeviceInUse(_, id) => state.camera = Some(id),
             RoomAction::Notice(notice) => state.notices.push(notice),
+            RoomAction::Voice(track, speaking) => {
+                if let Some(owner) = state.owner_of(&track) {
+                    if speaking {
+                        state.speeches += 1;
+                        state.spoke.insert(owner.clone(), state.speeches);
+                        state.speaking.insert(owner);
+                    } else {
+                        state.speaking.remove(&owner);
+                    }
+                }
+            }
             RoomAction::Reconnecting => {
                 if !matches!(state.status, Status::Disconnected | Status::Failed) {
                     state.status = Status::Reconnecting;
                     state.me = None;
                     state.peers.clear();
+                    state.speaking.clear();
+                    state.spoke.clear();
                     state.media_stalled = false;
                 }
             }
@@ -298,6 +336,50 @@ mod tests {
 
     fn reduce(state: Rc<RoomState>, action: RoomAction) -> Rc<RoomState> {
         state.reduce(action)
+    }
+
+    #[test]
+    fn speakers_are_marked_and_the_most_recent_leads() {
+        let (me, ann, bob) = (peer(1), peer(2), peer(3));
+        let (ann_mic, bob_mic, my_mic) = (track(&ann, 1), track(&bob, 1), track(&me, 1));
+        let mut state = reduce(
+            Rc::new(RoomState::default()),
+            RoomAction::Joined {
+                me: me.clone(),
+                peers: vec![
+                    (
+                        ann.clone(),
+                        json!({}),
+                        BTreeMap::from([(ann_mic.clone(), json!({}))]),
+                    ),
+                    (
+                        bob.clone(),
+                        json!({}),
+                        BTreeMap::from([(bob_mic.clone(), json!({}))]),
+                    ),
+                ],
+            },
+        );
+        assert_eq!(state.tile_order(Some(&ann)), 0);
+        state = reduce(state, RoomAction::Voice(ann_mic.clone(), true));
+        state = reduce(state, RoomAction::Voice(bob_mic.clone(), true));
+        assert_eq!(state.speaking, BTreeSet::from([ann.clone(), bob.clone()]));
+        assert!(state.tile_order(Some(&bob)) < state.tile_order(Some(&ann)));
+        assert!(state.tile_order(Some(&ann)) < state.tile_order(Some(&me)));
+
+        // Silence ends the mark but keeps the place; our own voice counts as well.
+        state = reduce(state, RoomAction::Voice(bob_mic, false));
+        state = reduce(state, RoomAction::Voice(my_mic, true));
+        assert_eq!(state.speaking, BTreeSet::from([ann.clone(), me.clone()]));
+        assert!(state.tile_order(Some(&me)) < state.tile_order(Some(&bob)));
+        assert!(state.tile_order(Some(&bob)) < 0);
+
+        // A track nobody here owns changes nothing; one who leaves is forgotten.
+        state = reduce(state, RoomAction::Voice(track(&peer(9), 1), true));
+        assert_eq!(state.speaking.len(), 2);
+        state = reduce(state, RoomAction::PeerLeft(ann.clone()));
+        assert_eq!(state.speaking, BTreeSet::from([me]));
+        assert_eq!(state.tile_order(Some(&ann)), 0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use shared::client_event::{
     ChatText, ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, UpdateTrackMetadata,
 };
 use shared::metadata::{peer_metadata, track_metadata, TrackType};
-use shared::server_event::{OfferData, SdpAnswer, ServerCandidate, TurnServer};
+use shared::server_event::{OfferData, SdpAnswer, ServerCandidate, TurnServer, VadStatus};
 use shared::{ClientEvent, PeerId, RoomId, ServerEvent, TrackId};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
@@ -334,6 +334,10 @@ impl Session {
                 ));
             }
             ServerEvent::ChatMessage(message) => self.dispatch(RoomAction::Chat(message)),
+            ServerEvent::VadNotification(voice) => self.dispatch(RoomAction::Voice(
+                voice.track_id,
+                voice.status == VadStatus::Speech,
+            )),
             ServerEvent::ChatHistory(history) => {
                 self.dispatch(RoomAction::ChatHistory(history.messages))
             }

@@ -56,6 +56,11 @@ enum Step {
     Fail {
         peer: u8,
     },
+    Voice {
+        peer: u8,
+        track: u8,
+        speaking: bool,
+    },
     Expire,
     Chat {
         peer: u8,
@@ -203,6 +208,14 @@ fuzz_target!(|steps: Vec<Step>| {
                 room.candidate(pick(peer), "candidate:1 1 udp 1 127.0.0.1 4000 typ host")
             }
             Step::Fail { peer } => room.fail(pick(peer), "fuzzed failure"),
+            Step::Voice {
+                peer,
+                track: number,
+                speaking,
+            } => {
+                let owner = room.id(pick(peer)).clone();
+                room.voice(pick(peer), track(&owner, *number), *speaking);
+            }
             Step::Expire => room.expire_offers(),
             Step::Chat { peer, text } => {
                 let text = text.clone();

@@ -9,7 +9,8 @@
 //! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
 //!   [`setup`] the codecs and interceptors every peer connection uses; [`addresses`] the
-//!   machine's own addresses, candidates beside loopback.
+//!   machine's own addresses, candidates beside loopback; [`voice`] who is speaking, from
+//!   the audio level in each audio packet.
 
 mod addresses;
 pub mod codec;
@@ -22,4 +23,5 @@ pub(crate) mod sdp;
 pub mod setup;
 mod tcp;
 pub mod udp;
+pub mod voice;
 mod worker;

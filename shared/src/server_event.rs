@@ -31,6 +31,9 @@ pub enum ServerEvent {
     ChatMessage(ChatMessage),
     /// Our extension: the room's last chat messages, to a joiner.
     ChatHistory(ChatHistory),
+    /// Our extension (as later Membrane engines send it): an audio track began or stopped
+    /// carrying speech.
+    VadNotification(VadNotification),
 }
 
 /// `peerAccepted`, to the joiner only: its id and the *other* peers with their active tracks.
@@ -268,6 +271,23 @@ pub struct ChatHistory {
     pub messages: Vec<ChatMessage>,
 }
 
+/// `vadNotification` (our extension, in a `custom` envelope as Membrane's later engines send
+/// it): whether the audio track `trackId` carries speech now. Sent to everyone in the room, the
+/// track's owner included, when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VadNotification {
+    pub track_id: TrackId,
+    pub status: VadStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VadStatus {
+    Speech,
+    Silence,
+}
+
 media_event_codec! {
     ServerEvent {
         unit {}
@@ -288,6 +308,7 @@ media_event_codec! {
             Candidate = "candidate",
             ChatMessage = "chatMessage",
             ChatHistory = "chatHistory",
+            VadNotification = "vadNotification",
         }
         defaulted {
             PeerDenied = "peerDenied",
@@ -301,6 +322,7 @@ impl ServerEvent {
         matches!(
             self,
             ServerEvent::EncodingSwitched(_)
+                | ServerEvent::VadNotification(_)
                 | ServerEvent::OfferData(_)
                 | ServerEvent::SdpAnswer(_)
                 | ServerEvent::Candidate(_)

@@ -343,6 +343,17 @@ fn server_encoding_switched() {
 }
 
 #[test]
+fn server_vad_notification() {
+    check_server(
+        fixture!("server", "vadNotification"),
+        ServerEvent::VadNotification(VadNotification {
+            track_id: track_q(),
+            status: VadStatus::Speech,
+        }),
+    );
+}
+
+#[test]
 fn server_error() {
     check_server(
         fixture!("server", "error"),

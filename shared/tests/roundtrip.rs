@@ -191,6 +191,16 @@ fn server_event() -> impl Strategy<Value = ServerEvent> {
                 encoding,
             })
         }),
+        (track_id(), any::<bool>()).prop_map(|(track_id, speech)| {
+            ServerEvent::VadNotification(VadNotification {
+                track_id,
+                status: if speech {
+                    VadStatus::Speech
+                } else {
+                    VadStatus::Silence
+                },
+            })
+        }),
         ".*".prop_map(|message| ServerEvent::Error(ErrorMessage { message })),
         (any::<u32>(), any::<u32>(), vec(turn_server(), 0..3)).prop_map(
             |(audio, video, integrated_turn_servers)| {

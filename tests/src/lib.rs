@@ -157,6 +157,9 @@ pub struct LaunchOptions {
     /// Firefox ESR through geckodriver instead of Chromium, with Firefox's own network
     /// settings (fake camera and microphone by its prefs).
     pub firefox: bool,
+    /// Chromium's microphone hears someone talking (a steady tone from a WAV file) instead of
+    /// its fake device's short beeps.
+    pub speaking: bool,
 }
 
 impl Default for LaunchOptions {
@@ -166,6 +169,7 @@ impl Default for LaunchOptions {
             deny_media: false,
             test_hostname: https::over_https().then_some(https::TEST_HOSTNAME),
             firefox: false,
+            speaking: false,
         }
     }
 }
@@ -423,6 +427,14 @@ fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
         args.retain(|arg| *arg != "--use-fake-ui-for-media-stream");
         args.push("--deny-permission-prompts");
     }
+    let audio_file;
+    if options.speaking {
+        audio_file = format!(
+            "--use-file-for-fake-audio-capture={}",
+            talking_wav().display()
+        );
+        args.push(&audio_file);
+    }
     let resolver_rule;
     if let Some(name) = options.test_hostname {
         resolver_rule = format!("--host-resolver-rules=MAP {name} 127.0.0.1");
@@ -440,6 +452,38 @@ fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
         Value::Object(map) => map,
         _ => unreachable!("a JSON object literal"),
     }
+}
+
+/// A WAV file of two seconds of a steady 220 Hz tone at −10 dBFS (16-bit mono, 48 kHz), which
+/// Chromium loops as its microphone's sound: as loud and as long as someone talking.
+fn talking_wav() -> std::path::PathBuf {
+    const RATE: u32 = 48_000;
+    let samples: Vec<i16> = (0..2 * RATE)
+        .map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * 220.0 * f64::from(n) / f64::from(RATE);
+            (phase.sin() * 0.3 * f64::from(i16::MAX)) as i16
+        })
+        .collect();
+    let data_len = u32::try_from(samples.len() * 2).expect("two seconds fit");
+    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes()); // the format chunk's size
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&RATE.to_le_bytes());
+    wav.extend_from_slice(&(RATE * 2).to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&2u16.to_le_bytes()); // bytes per frame
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    let path = std::env::temp_dir().join(format!("videoroom-talking-{}.wav", std::process::id()));
+    std::fs::write(&path, wav).expect("the temporary directory is writable");
+    path
 }
 
 /// Connects to chromedriver on `port`, retrying while it starts up.

@@ -6,7 +6,7 @@
 //! derived from the number, so a receiver can tell loss, corruption and latency per track.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,8 @@ use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -167,6 +169,7 @@ pub struct PeerState {
 /// A synthetic peer in a room.
 pub struct SyntheticPeer {
     state: Arc<Mutex<PeerState>>,
+    audio_level: Arc<AtomicU8>,
     commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
 }
@@ -188,10 +191,12 @@ impl SyntheticPeer {
         let join_event = ClientEvent::Join(Join {
             metadata: peer_metadata(&options.display_name),
         });
+        let audio_level = Arc::new(AtomicU8::new(SILENCE));
         let mut client = Client {
             socket,
             channel,
             options,
+            audio_level: audio_level.clone(),
             state: Arc::default(),
             joined_at: Instant::now(),
             pc: None,
@@ -205,6 +210,7 @@ impl SyntheticPeer {
         let task = tokio::spawn(client.run(command_rx));
         Ok(SyntheticPeer {
             state,
+            audio_level,
             commands,
             task,
         })
@@ -251,6 +257,13 @@ impl SyntheticPeer {
             .insert(track.clone());
     }
 
+    /// The loudness the audio packets say they carry from now on, in −dBov (RFC 6464: 0 is
+    /// the loudest, 127 silence, the start).
+    pub fn set_audio_level(&self, level: u8) {
+        self.audio_level
+            .store(level.min(SILENCE), Ordering::Relaxed);
+    }
+
     /// Sends any media event, as a misbehaving client might.
     pub fn push(&self, event: ClientEvent) {
         let _ = self.commands.send(Command::Push(event));
@@ -283,6 +296,8 @@ struct Client {
     socket: PhoenixClient,
     channel: Channel,
     options: PeerOptions,
+    /// The level the audio packets carry (see [`SyntheticPeer::set_audio_level`]).
+    audio_level: Arc<AtomicU8>,
     state: Arc<Mutex<PeerState>>,
     joined_at: Instant,
     pc: Option<(
@@ -296,6 +311,9 @@ struct Client {
 }
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The audio level of silence, in −dBov.
+const SILENCE: u8 = 127;
 
 impl Client {
     fn lock(&self) -> std::sync::MutexGuard<'_, PeerState> {
@@ -582,6 +600,7 @@ impl Client {
                     local.track.clone(),
                     local.sent.clone(),
                     local.keyframe_wanted.clone(),
+                    self.audio_level.clone(),
                     self.options.clone(),
                 )));
             }
@@ -720,6 +739,7 @@ async fn send_media(
     track: Arc<TrackLocalStaticRTP>,
     sent: Arc<Sent>,
     keyframe_wanted: Arc<AtomicBool>,
+    audio_level: Arc<AtomicU8>,
     options: PeerOptions,
 ) {
     let video = kind == RtpCodecKind::Video;
@@ -776,7 +796,17 @@ async fn send_media(
                 },
                 payload: Bytes::from(payload),
             };
-            if track.write_rtp(packet).await.is_err() {
+            let written = if video {
+                track.write_rtp(packet).await
+            } else {
+                let level = audio_level.load(Ordering::Relaxed);
+                let extension = HeaderExtension::AudioLevel(AudioLevelExtension {
+                    level,
+                    voice: level < SILENCE,
+                });
+                track.write_rtp_with_extensions(packet, &[extension]).await
+            };
+            if written.is_err() {
                 return;
             }
             sent.packets.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,7 @@ use e2e::synthetic::{PeerOptions, PeerState, SyntheticPeer};
 use e2e::TestServer;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use shared::client_event::{SdpOffer, SdpType, SessionDescription};
+use shared::server_event::{VadNotification, VadStatus};
 use shared::{ClientEvent, PeerId, ServerEvent, TrackId};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -133,6 +134,80 @@ async fn two_peers_receive_each_others_audio_and_video() -> anyhow::Result<()> {
         bob.state(|state| state.received.keys().cloned().collect::<Vec<_>>()),
         ann_tracks
     );
+    ann.leave().await;
+    bob.leave().await;
+    Ok(())
+}
+
+/// The `vadNotification`s a peer got about `track`, in order.
+fn voice_statuses(state: &PeerState, track: &TrackId) -> Vec<VadStatus> {
+    state
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            ServerEvent::VadNotification(VadNotification { track_id, status })
+                if track_id == track =>
+            {
+                Some(*status)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ann's audio packets say she speaks: the room (Ann included) hears of speech on her audio
+/// track, and of silence when her packets say quiet again; Bob, silent, is never speaking.
+#[tokio::test]
+async fn the_room_hears_who_is_speaking_from_the_audio_level() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let ann = join(&server, "voices", PeerOptions::publishing("Ann")).await?;
+    let bob = join(&server, "voices", PeerOptions::publishing("Bob")).await?;
+    let (ann_tracks, bob_tracks) = (published(&ann), published(&bob));
+    wait_for_media(&bob, &ann_tracks, ONE_SECOND).await?;
+    wait_for_media(&ann, &bob_tracks, ONE_SECOND).await?;
+    let audio_of = |receiver: &SyntheticPeer, tracks: &[TrackId]| {
+        receiver.state(|state| {
+            tracks
+                .iter()
+                .find(|id| state.received[*id].kind == Some(RtpCodecKind::Audio))
+                .cloned()
+        })
+    };
+    let ann_audio = audio_of(&bob, &ann_tracks).expect("Bob receives Ann's audio");
+    let bob_audio = audio_of(&ann, &bob_tracks).expect("Ann receives Bob's audio");
+    assert!(
+        bob.state(|state| voice_statuses(state, &ann_audio))
+            .is_empty(),
+        "silence is not speech"
+    );
+
+    ann.set_audio_level(25);
+    let speaking = Instant::now();
+    for peer in [&bob, &ann] {
+        peer.wait_until("speech on Ann's audio track", TIMEOUT, |state| {
+            voice_statuses(state, &ann_audio).first() == Some(&VadStatus::Speech)
+        })
+        .await?;
+    }
+    println!(
+        "speech reported {} ms after it began",
+        speaking.elapsed().as_millis()
+    );
+
+    ann.set_audio_level(110);
+    let quiet = Instant::now();
+    bob.wait_until("silence on Ann's audio track", TIMEOUT, |state| {
+        voice_statuses(state, &ann_audio) == [VadStatus::Speech, VadStatus::Silence]
+    })
+    .await?;
+    println!(
+        "silence reported {} ms after it began",
+        quiet.elapsed().as_millis()
+    );
+    for peer in [&ann, &bob] {
+        let bob_spoke = peer.state(|state| voice_statuses(state, &bob_audio));
+        assert!(bob_spoke.is_empty(), "Bob never spoke: {bob_spoke:?}");
+    }
     ann.leave().await;
     bob.leave().await;
     Ok(())

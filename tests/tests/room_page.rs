@@ -896,6 +896,59 @@ async fn switching_and_losing_a_camera_keeps_the_call_going() -> anyhow::Result<
     finish(outcome, vec![("cameras-ann", ann), ("cameras-bob", bob)]).await
 }
 
+/// Ann talks (her microphone plays a steady tone); Bob's fake microphone only beeps now and
+/// then. Both pages ring Ann's tile and put it first; Bob's is never marked.
+#[tokio::test]
+async fn the_speaking_tile_is_highlighted_and_leads() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let talking = LaunchOptions {
+        speaking: true,
+        ..LaunchOptions::default()
+    };
+    let (ann, bob) = tokio::try_join!(Browser::launch_with(talking), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "voices").await?;
+        let since = Instant::now();
+        bob.wait_for(
+            "Ann's tile marked as speaking on Bob's page",
+            "document.querySelector('.tile.speaking[data-name=\"Ann\"]')",
+            JOIN_TIMEOUT,
+        )
+        .await?;
+        println!("Ann speaking shown on Bob's page {} ms after both saw video", since.elapsed().as_millis());
+        ann.wait_for(
+            "Ann's own tile marked as speaking",
+            "document.querySelector('.tile.local.speaking')",
+            JOIN_TIMEOUT,
+        )
+        .await?;
+        let orders = "return [...document.querySelectorAll('.tile')]             .map(t => [t.dataset.name, getComputedStyle(t).order]);";
+        for browser in [&ann, &bob] {
+            let orders = browser.eval(orders, vec![]).await?;
+            let ann_first = orders.as_array().is_some_and(|tiles| {
+                tiles.iter().all(|tile| {
+                    let order: i64 = tile[1].as_str().and_then(|o| o.parse().ok()).unwrap_or(0);
+                    let is_ann = tile[0].as_str().is_some_and(|name| name.starts_with("Ann"));
+                    if is_ann { order < 0 } else { order == 0 }
+                })
+            });
+            ensure!(ann_first, "Ann's tile does not lead: {orders}");
+        }
+        // Two seconds of Bob's beeps: never speech.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            for (browser, css) in [(&ann, ".tile.speaking[data-name=\"Bob\"]"), (&bob, ".tile.local.speaking")] {
+                ensure!(browser.count(css).await? == 0, "Bob's beeps were taken for speech");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("voices-ann", ann), ("voices-bob", bob)]).await
+}
+
 /// On a server with access control, the room link carries a join token: the page offers the
 /// token's name and joins; the same room's link without a token gets the server's reason.
 #[tokio::test]

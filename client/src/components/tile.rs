@@ -20,6 +20,13 @@ pub struct TileProps {
     pub pinned: bool,
     /// A click on the tile: pin it, or unpin it.
     pub on_pin: Callback<()>,
+    /// Speaking now: highlighted.
+    #[prop_or_default]
+    pub speaking: bool,
+    /// Its place among the tiles (CSS `order`, recent speakers first): tiles never move in
+    /// the page, where a moved video stops playing.
+    #[prop_or_default]
+    pub order: i64,
 }
 
 #[function_component(Tile)]
@@ -45,7 +52,8 @@ pub fn tile(props: &TileProps) -> Html {
         "tile",
         props.local.then_some("local"),
         props.camera_off.then_some("camera-off"),
-        props.pinned.then_some("pinned")
+        props.pinned.then_some("pinned"),
+        props.speaking.then_some("speaking")
     );
     let on_click = props.on_pin.reform(|_: MouseEvent| ());
     let on_fullscreen = {
@@ -67,7 +75,7 @@ pub fn tile(props: &TileProps) -> Html {
     let colour = format!("background: hsl({}, 45%, 38%)", hue(&props.name));
     html! {
         <figure {class} ref={figure} onclick={on_click} title={if props.pinned { "Click to unpin" } else { "Click to pin" }}
-            data-peer-id={props.peer_id.clone()} data-name={props.name.clone()}>
+            data-peer-id={props.peer_id.clone()} data-name={props.name.clone()} style={format!("order: {}", props.order)}>
             <video ref={video} autoplay=true playsinline=true muted={props.local} onloadeddata={on_first_frame} />
             if props.camera_off {
                 <div class="camera-off-indicator" title="Camera off" style={colour}>{ initials(&props.name) }</div>

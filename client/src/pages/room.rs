@@ -232,11 +232,13 @@ fn call(props: &CallProps) -> Html {
                 data-count={tiles.to_string()}>
                 <Tile key="local" peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
                     local=true mic_muted={!state.mic_on} camera_off={!state.camera_on}
-                    pinned={pinned.as_deref() == Some(me.as_str())} on_pin={pin(me.clone())} />
+                    pinned={pinned.as_deref() == Some(me.as_str())} on_pin={pin(me.clone())}
+                    speaking={state.me.as_ref().is_some_and(|me| state.speaking.contains(me))} order={state.tile_order(state.me.as_ref())} />
                 { for state.peers_by_arrival().into_iter().map(|(id, peer)| html! {
                     <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
                         mic_muted={peer.mic_muted()} camera_off={peer.camera_off()}
-                        pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())} />
+                        pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())}
+                        speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))} />
                 }) }
             </section>
             <aside>

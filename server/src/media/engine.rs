@@ -87,6 +87,12 @@ pub enum EndpointEvent {
     },
     Candidate(String),
     Failed(String),
+    /// One of the endpoint's audio tracks began (`speaking`) or stopped carrying speech. At
+    /// most a few a second per track: [`super::voice`] holds each state for a while.
+    VoiceActivity {
+        track_id: TrackId,
+        speaking: bool,
+    },
 }
 
 /// An endpoint's news for its room, with whose endpoint it is.

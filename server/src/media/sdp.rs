@@ -1,5 +1,5 @@
-//! The little the room reads from a client's SDP offer: each m-line's kind, mid, direction and
-//! codecs. The peer connection parses the offer in full; the room only needs these to decide
+//! The little the room reads from a client's SDP offer: each m-line's kind, mid, direction,
+//! codecs and header extensions. The peer connection parses the offer in full; the room only needs these to decide
 //! which tracks a peer publishes and to refuse offers it cannot serve, with a clear reason.
 
 use crate::media::codec::{Codec, MediaKind};
@@ -21,9 +21,19 @@ pub struct MediaSection {
     pub direction: Direction,
     /// Codec names from `a=rtpmap`, lower-cased (`opus`, `vp8`, `h264`, `rtx`, …).
     pub codecs: Vec<String>,
+    /// Header extensions from `a=extmap`: (id, URI).
+    pub extensions: Vec<(u8, String)>,
 }
 
 impl MediaSection {
+    /// The id the section gives the header extension `uri`, if it has it.
+    pub fn extension_id(&self, uri: &str) -> Option<u8> {
+        self.extensions
+            .iter()
+            .find(|(_, known)| known == uri)
+            .map(|(id, _)| *id)
+    }
+
     /// Whether the section offers a codec the SFU forwards for its kind.
     pub fn has_forwardable_codec(&self) -> bool {
         self.codecs.iter().any(|name| {
@@ -51,6 +61,7 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
                 mid: None,
                 direction: Direction::SendRecv,
                 codecs: Vec::new(),
+                extensions: Vec::new(),
             });
             continue;
         }
@@ -71,6 +82,16 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
                     if let Some(name) = rtpmap.split_whitespace().nth(1) {
                         let name = name.split('/').next().unwrap_or_default();
                         section.codecs.push(name.to_ascii_lowercase());
+                    }
+                } else if let Some(extmap) = attribute.strip_prefix("extmap:") {
+                    // `a=extmap:<id>[/<direction>] <uri> [<attributes>]`
+                    let mut fields = extmap.split_whitespace();
+                    let id = fields
+                        .next()
+                        .and_then(|id| id.split('/').next())
+                        .and_then(|id| id.parse().ok());
+                    if let (Some(id), Some(uri)) = (id, fields.next()) {
+                        section.extensions.push((id, uri.to_owned()));
                     }
                 }
             }
@@ -100,6 +121,8 @@ mod tests {
         a=sendonly\r\n\
         a=rtpmap:111 opus/48000/2\r\n\
         a=rtpmap:63 red/48000/2\r\n\
+        a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+        a=extmap:4/sendonly urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
         m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\n\
         a=mid:1\r\n\
         a=sendonly\r\n\
@@ -118,7 +141,7 @@ mod tests {
         a=mid:4\r\n";
 
     #[test]
-    fn reads_kind_mid_direction_and_codecs() {
+    fn reads_kind_mid_direction_codecs_and_extensions() {
         let sections = media_sections(OFFER);
         assert_eq!(sections.len(), 5);
         assert_eq!(
@@ -128,7 +151,19 @@ mod tests {
                 mid: Some("0".to_owned()),
                 direction: Direction::SendOnly,
                 codecs: vec!["opus".to_owned(), "red".to_owned()],
+                extensions: vec![
+                    (1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level".to_owned()),
+                    (4, "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned()),
+                ],
             }
+        );
+        assert_eq!(
+            sections[0].extension_id("urn:ietf:params:rtp-hdrext:sdes:mid"),
+            Some(4)
+        );
+        assert_eq!(
+            sections[1].extension_id("urn:ietf:params:rtp-hdrext:sdes:mid"),
+            None
         );
         assert_eq!(sections[1].codecs, ["vp8", "rtx", "h264"]);
         assert_eq!(sections[2].direction, Direction::RecvOnly);
@@ -156,6 +191,10 @@ mod tests {
     fn garbage_yields_no_sections() {
         assert!(media_sections("").is_empty());
         assert!(media_sections("not sdp at all\na=sendonly\n").is_empty());
+        let bad_extmaps = media_sections(
+            "m=audio 9 RTP/SAVPF 111\na=extmap:x urn:a\na=extmap:300 urn:b\na=extmap:2\n",
+        );
+        assert!(bad_extmaps[0].extensions.is_empty());
         let no_direction = media_sections("m=audio 9 RTP/SAVPF 111\n");
         assert_eq!(no_direction[0].direction, Direction::SendRecv);
     }

@@ -19,11 +19,12 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 
 use crate::media::codec::{MediaKind, CODECS};
+use crate::media::voice;
 
 /// Packets each sent stream keeps to answer NACKs: 1.7 s of a 1.5 Mbit/s video stream, far
 /// beyond any round trip worth retransmitting over (webrtc-rs keeps 1,024, a megabyte and more
@@ -40,6 +41,14 @@ pub fn media_and_interceptors(
 ) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     let mut media = media_engine()?;
     configure_simulcast_extension_headers(&mut media)?;
+    // Each audio packet's level, for the room's voice activity (`crate::media::voice`).
+    media.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: voice::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     let interceptors = Registry::new()
         .with(
             Slot::NackResponder,

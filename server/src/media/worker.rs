@@ -46,6 +46,7 @@ use crate::media::engine::{
 };
 use crate::media::tcp::{TcpFrame, TcpFrames, TcpLinks};
 use crate::media::udp::MediaSocket;
+use crate::media::voice::{self, VoiceActivity};
 use crate::media::{sdp, setup};
 use crate::telemetry;
 
@@ -276,6 +277,16 @@ struct Publication {
     legs: Vec<Leg>,
     keyframe_wanted: bool,
     last_keyframe_request: Option<Instant>,
+    /// An audio track's voice activity, once its publisher's answer gave the audio-level
+    /// extension an id.
+    voice: Option<Voice>,
+}
+
+/// Where an audio track's level is, and what it said so far.
+struct Voice {
+    /// The `ssrc-audio-level` extension's id on the publisher's m-line.
+    extension: u8,
+    activity: VoiceActivity,
 }
 
 /// A subscriber's leg of a publication.
@@ -306,6 +317,8 @@ struct Media {
     dirty: Vec<EndpointKey>,
     /// Publications whose publisher is to be asked for a keyframe.
     keyframes_wanted: Vec<PublicationKey>,
+    /// Audio publications whose publisher is speaking, to end it when its packets stop.
+    speaking: Vec<PublicationKey>,
     /// The last datagrams of connections closed this turn.
     farewells: Vec<TaggedBytesMut>,
     /// Addresses of endpoints removed this turn, whose ICE-TCP connections are to close.
@@ -325,6 +338,7 @@ impl Media {
             demux: Demux::default(),
             dirty: Vec::new(),
             keyframes_wanted: Vec::new(),
+            speaking: Vec::new(),
             farewells: Vec::new(),
             forgotten: Vec::new(),
             counters: Counters {
@@ -525,6 +539,7 @@ impl Media {
                             legs: Vec::new(),
                             keyframe_wanted: false,
                             last_keyframe_request: None,
+                            voice: None,
                         },
                     );
                     tracks.insert(track_id.clone(), new);
@@ -634,8 +649,9 @@ impl Media {
         }
     }
 
-    /// Notes each published track's codec: the first our answer lists on its m-line.
-    /// Subscribers that negotiate from now on ask for that codec.
+    /// Notes each published track's codec, the first our answer lists on its m-line (the
+    /// subscribers that negotiate from now on ask for that codec), and where an audio track's
+    /// packets carry their level.
     fn learn_published_codecs(&mut self, key: EndpointKey, answer: &str) {
         let endpoint = &self.endpoints[&key];
         for section in sdp::media_sections(answer) {
@@ -647,9 +663,22 @@ impl Media {
                 .codecs
                 .first()
                 .and_then(|name| Codec::from_sdp_name(name));
-            if let (Some(publication), Some(codec)) = (publication, codec) {
-                if let Some(publication) = self.publications.get_mut(publication) {
-                    publication.codec.get_or_insert(codec);
+            let Some(publication) = publication.and_then(|p| self.publications.get_mut(p)) else {
+                continue;
+            };
+            if let Some(codec) = codec {
+                publication.codec.get_or_insert(codec);
+            }
+            if publication.kind == MediaKind::Audio {
+                match section.extension_id(voice::AUDIO_LEVEL_URI) {
+                    Some(extension) => {
+                        let voice = publication.voice.get_or_insert_with(|| Voice {
+                            extension,
+                            activity: VoiceActivity::default(),
+                        });
+                        voice.extension = extension;
+                    }
+                    None => publication.voice = None,
                 }
             }
         }
@@ -910,6 +939,26 @@ impl Media {
         let Some(codec) = publication.codec else {
             return;
         };
+        if let Some(voice) = &mut publication.voice {
+            let level = packet.header.get_extension(voice.extension);
+            let change = level
+                .as_deref()
+                .and_then(voice::audio_level)
+                .and_then(|level| voice.activity.on_level(level, now));
+            if let Some(speaking) = change {
+                if speaking {
+                    self.speaking.push(key);
+                } else {
+                    self.speaking.retain(|&other| other != key);
+                }
+                if let Some(publisher) = self.endpoints.get(&publication.publisher) {
+                    publisher.report(EndpointEvent::VoiceActivity {
+                        track_id: publication.track_id.clone(),
+                        speaking,
+                    });
+                }
+            }
+        }
         if publication.legs.is_empty() {
             return;
         }
@@ -1025,6 +1074,31 @@ impl Media {
             });
         }
         self.send_keyframe_requests(now);
+        self.end_stopped_speech(now);
+    }
+
+    /// Ends the speech of audio tracks whose packets stopped coming (a muted or gone publisher).
+    fn end_stopped_speech(&mut self, now: Instant) {
+        let publications = &mut self.publications;
+        let endpoints = &self.endpoints;
+        self.speaking.retain(|key| {
+            let Some(publication) = publications.get_mut(key) else {
+                return false;
+            };
+            let Some(voice) = &mut publication.voice else {
+                return false;
+            };
+            if voice.activity.check_silence(now).is_none() {
+                return true;
+            }
+            if let Some(publisher) = endpoints.get(&publication.publisher) {
+                publisher.report(EndpointEvent::VoiceActivity {
+                    track_id: publication.track_id.clone(),
+                    speaking: false,
+                });
+            }
+            false
+        });
     }
 
     fn close_all(&mut self) {

@@ -124,6 +124,11 @@ impl RoomHarness {
         self.endpoint_event(peer, EndpointEvent::Failed(reason.to_owned()));
     }
 
+    /// The endpoint of `peer` hears speech (`speaking`) or silence begin on `track_id`.
+    pub fn voice(&mut self, peer: usize, track_id: TrackId, speaking: bool) {
+        self.endpoint_event(peer, EndpointEvent::VoiceActivity { track_id, speaking });
+    }
+
     fn endpoint_event(&mut self, peer: usize, event: EndpointEvent) {
         let peer_id = self.peers[peer].id.clone();
         self.room.on_report(EndpointReport { peer_id, event });
@@ -164,6 +169,7 @@ impl RoomHarness {
 mod tests {
     use shared::client_event::{ClientCandidate, SdpOffer, SdpType, SessionDescription};
     use shared::metadata::peer_metadata;
+    use shared::server_event::VadStatus;
 
     use super::*;
 
@@ -245,6 +251,36 @@ mod tests {
         let told = room.told(bob);
         assert_eq!(kinds(&told), ["peerLeft"]);
         assert!(!told.removed);
+        room.check();
+    }
+
+    #[test]
+    fn speech_on_a_published_track_is_told_to_everyone_and_on_an_unknown_one_to_no_one() {
+        let mut room = harness();
+        let (ann, bob) = (room.connect(), room.connect());
+        room.join(ann, peer_metadata("Ann")).unwrap();
+        room.join(bob, peer_metadata("Bob")).unwrap();
+        room.event(ann, ClientEvent::RenegotiateTracks);
+        let (offer, tracks) = offer(&room.id(ann).clone(), 0);
+        room.event(ann, ClientEvent::SdpOffer(offer));
+        room.told(ann);
+        room.told(bob);
+
+        room.voice(ann, tracks[0].clone(), true);
+        for peer in [ann, bob] {
+            let told = room.told(peer);
+            assert_eq!(kinds(&told), ["vadNotification"]);
+            let ServerEvent::VadNotification(voice) = &told.events[0] else {
+                unreachable!()
+            };
+            assert_eq!(
+                (&voice.track_id, voice.status),
+                (&tracks[0], VadStatus::Speech)
+            );
+        }
+        let unknown = TrackId::new(&room.id(ann).clone(), uuid::Uuid::from_u128(7));
+        room.voice(ann, unknown, true);
+        assert!(room.told(bob).events.is_empty());
         room.check();
     }
 

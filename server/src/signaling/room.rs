@@ -17,7 +17,7 @@ use shared::metadata;
 use shared::server_event::{
     ChatHistory, ChatMessage, ErrorMessage, OfferData, PeerAccepted, PeerInfo, PeerJoined,
     PeerLeft, PeerUpdated, PeerWithTracks, SdpAnswer, ServerCandidate, TrackUpdated, TracksAdded,
-    TracksRemoved, TracksTypes,
+    TracksRemoved, TracksTypes, VadNotification, VadStatus,
 };
 use shared::{ClientEvent, Metadata, PeerId, RoomId, ServerEvent, TrackId};
 use thiserror::Error;
@@ -754,6 +754,18 @@ impl Room {
             }
             EndpointEvent::Failed(reason) => {
                 self.remove_peer(peer_id, Removal::Fault(PeerFault(reason)))
+            }
+            EndpointEvent::VoiceActivity { track_id, speaking } => {
+                // A track gone meanwhile has nobody left to highlight.
+                if self.tracks.contains_key(&track_id) {
+                    let status = if speaking {
+                        VadStatus::Speech
+                    } else {
+                        VadStatus::Silence
+                    };
+                    let event = ServerEvent::VadNotification(VadNotification { track_id, status });
+                    self.broadcast(None, |_| true, &event);
+                }
             }
         }
     }
