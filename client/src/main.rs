@@ -11,6 +11,7 @@ mod profile;
 mod room_state;
 mod rtc;
 mod signaling;
+mod stats;
 mod timings;
 
 fn main() {

@@ -616,6 +616,11 @@ impl Session {
     }
 
     /// Turns the microphone (`TrackType::Audio`) or camera on or off, and tells the others.
+    /// The connection to the server, while there is one (for its statistics).
+    pub fn peer_connection(&self) -> Option<RtcPeerConnection> {
+        self.inner.borrow().pc.clone()
+    }
+
     pub fn set_enabled(&self, track_type: TrackType, on: bool) {
         // The tracks themselves switch even before joining, when they have no ids yet.
         for track in tracks_of(self.inner.borrow().local_stream.as_ref(), Some(track_type)) {

@@ -949,6 +949,49 @@ async fn the_speaking_tile_is_highlighted_and_leads() -> anyhow::Result<()> {
     finish(outcome, vec![("voices-ann", ann), ("voices-bob", bob)]).await
 }
 
+/// The Stats button shows each remote video's resolution, frame rate, bitrate and loss over
+/// its tile, read from the connection's statistics; a second click hides them.
+#[tokio::test]
+async fn the_stats_overlay_shows_what_each_remote_video_is_doing() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "figures").await?;
+        ann.click("#toggle-stats").await?;
+        let overlay = format!("{} .stats", remote_tile_css("Bob"));
+        let shown = ann
+            .wait_for(
+                "Bob's video figures with a bitrate",
+                &format!(
+                    "(() => {{ const s = document.querySelector('{overlay}'); \
+                       return s && /^[1-9][0-9]*×[1-9][0-9]* · [0-9]+ fps · [0-9]+ kbit.s · [0-9.]+% lost$/.test(s.textContent) \
+                         && s.textContent; }})()"
+                ),
+                JOIN_TIMEOUT,
+            )
+            .await?;
+        println!("Ann's overlay on Bob's tile: {shown}");
+        let kbps: f64 = shown
+            .as_str()
+            .and_then(|text| text.split(" · ").nth(2))
+            .and_then(|rate| rate.trim_end_matches(" kbit/s").parse().ok())
+            .unwrap_or(0.0);
+        ensure!(kbps > 0.0, "Bob's video arrives at {kbps} kbit/s: {shown}");
+        ensure!(
+            ann.count(".tile.local .stats").await? == 0,
+            "our own tile has no inbound figures"
+        );
+        ann.click("#toggle-stats").await?;
+        ann.wait_for_presence(&overlay, false, INDICATOR_TIMEOUT)
+            .await
+            .context("the figures stay after hiding them")?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("figures-ann", ann), ("figures-bob", bob)]).await
+}
+
 /// On a server with access control, the room link carries a join token: the page offers the
 /// token's name and joins; the same room's link without a token gets the server's reason.
 #[tokio::test]

@@ -27,6 +27,9 @@ pub struct TileProps {
     /// the page, where a moved video stops playing.
     #[prop_or_default]
     pub order: i64,
+    /// The video's figures, when the person asked to see them.
+    #[prop_or_default]
+    pub stats: Option<String>,
 }
 
 #[function_component(Tile)]
@@ -85,6 +88,9 @@ pub fn tile(props: &TileProps) -> Html {
                     <path d="M1 6V1h5M10 1h5v5M15 10v5h-5M6 15H1v-5" fill="none" stroke="currentColor" stroke-width="2" />
                 </svg>
             </button>
+            if let Some(stats) = &props.stats {
+                <div class="stats">{ stats }</div>
+            }
             <figcaption>
                 { &props.name }
                 if props.mic_muted {

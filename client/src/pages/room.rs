@@ -1,8 +1,15 @@
 //! The room page: asks for a display name when there is none yet, then runs the call and shows
 //! its tiles, participants, controls, and anything that went wrong.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use gloo::timers::callback::Interval;
 use shared::metadata::TrackType;
 use shared::RoomId;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::spawn_local;
 use yew::prelude::*;
 use yew_router::prelude::*;
 
@@ -13,6 +20,10 @@ use crate::profile;
 use crate::room_state::{RoomState, Status};
 use crate::rtc::Session;
 use crate::signaling;
+use crate::stats::{inbound_video, Sampler, VideoStats};
+
+/// How often the video figures are read while shown.
+const STATS_INTERVAL_MS: u32 = 1000;
 
 #[derive(Properties, PartialEq)]
 pub struct RoomProps {
@@ -138,6 +149,41 @@ fn call(props: &CallProps) -> Html {
             pinned.set((!again).then(|| peer_id.clone()));
         })
     };
+    // The video figures over each remote tile, sampled once a second while shown.
+    let show_stats = use_state(|| false);
+    let stats = use_state(BTreeMap::<String, VideoStats>::new);
+    {
+        let (session, stats) = (session.clone(), stats.clone());
+        use_effect_with(*show_stats, move |&shown| {
+            let sampler = Rc::new(RefCell::new(Sampler::default()));
+            let interval = shown.then(|| {
+                Interval::new(STATS_INTERVAL_MS, move || {
+                    let pc = session.borrow().as_ref().and_then(Session::peer_connection);
+                    let (sampler, stats) = (sampler.clone(), stats.clone());
+                    spawn_local(async move {
+                        let Some(pc) = pc else { return };
+                        if let Ok(inbound) = inbound_video(&pc).await {
+                            stats.set(sampler.borrow_mut().figures(inbound));
+                        }
+                    });
+                })
+            });
+            move || drop(interval)
+        });
+    }
+    let stats_of = |stream: &Option<web_sys::MediaStream>| {
+        let track = stream.as_ref()?.get_video_tracks().get(0);
+        let track: web_sys::MediaStreamTrack = track.dyn_into().ok()?;
+        (*show_stats).then(|| {
+            stats
+                .get(&track.id())
+                .map_or_else(|| "no video yet".to_owned(), VideoStats::summary)
+        })
+    };
+    let on_stats = {
+        let show_stats = show_stats.clone();
+        Callback::from(move |_: MouseEvent| show_stats.set(!*show_stats))
+    };
     let navigator = use_navigator();
     let toggle = |track_type: TrackType, on: bool| {
         let session = session.clone();
@@ -238,7 +284,8 @@ fn call(props: &CallProps) -> Html {
                     <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
                         mic_muted={peer.mic_muted()} camera_off={peer.camera_off()}
                         pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())}
-                        speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))} />
+                        speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))}
+                        stats={stats_of(&peer.stream)} />
                 }) }
             </section>
             <aside>
@@ -258,6 +305,9 @@ fn call(props: &CallProps) -> Html {
                 </button>
                 { device_select(TrackType::Audio, "microphone-select", "Microphone", &state.microphone) }
                 { device_select(TrackType::Camera, "camera-select", "Camera", &state.camera) }
+                <button id="toggle-stats" class="secondary" aria-pressed={show_stats.to_string()} onclick={on_stats}>
+                    { if *show_stats { "Hide stats" } else { "Stats" } }
+                </button>
                 <button id="disconnect" class="leave" onclick={on_disconnect}>{ "Disconnect" }</button>
             </nav>
         </main>
