@@ -96,6 +96,27 @@ pub async fn open_track(kind: TrackType, device_id: &str) -> Result<MediaStreamT
         .map_err(|_| JsValue::from_str("the device gave no track"))
 }
 
+/// The screen (a window or tab the person picks): up to 1920×1080, for reading, at a few
+/// frames a second, without sound.
+pub async fn open_screen() -> Result<MediaStream, JsValue> {
+    let constraints = web_sys::DisplayMediaStreamConstraints::new();
+    let video = MediaTrackConstraints::new();
+    video.set_width(&ideal(1920.0)?);
+    video.set_height(&ideal(1080.0)?);
+    video.set_frame_rate(&ideal(5.0)?);
+    constraints.set_video(&video);
+    constraints.set_audio(&JsValue::FALSE);
+    let stream: MediaStream =
+        JsFuture::from(media_devices()?.get_display_media_with_constraints(&constraints)?)
+            .await?
+            .dyn_into()?;
+    for track in tracks_of(Some(&stream), None) {
+        // Sharp text over smooth motion when the link is tight.
+        let _ = Reflect::set(&track, &"contentHint".into(), &"detail".into());
+    }
+    Ok(stream)
+}
+
 fn media_devices() -> Result<web_sys::MediaDevices, JsValue> {
     web_sys::window()
         .ok_or("no window")?

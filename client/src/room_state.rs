@@ -50,6 +50,8 @@ pub struct RemotePeer {
     pub kinds: BTreeMap<TrackId, TrackType>,
     /// The peer's audio and video, in one stream (the server puts them in one msid).
     pub stream: Option<MediaStream>,
+    /// The screen the peer shares, in a stream of its own, with its track's id.
+    pub screen: Option<(TrackId, MediaStream)>,
 }
 
 impl RemotePeer {
@@ -106,6 +108,8 @@ pub struct RoomState {
     pub camera: Option<String>,
     /// What happened that the person should know, newest last (not errors).
     pub notices: Vec<String>,
+    /// Our screen, while we share it.
+    pub sharing: Option<MediaStream>,
     /// Who is speaking now (ourselves included), as the server hears it.
     pub speaking: BTreeSet<PeerId>,
     /// When each peer last began to speak, in a count of speeches: recent speakers lead.
@@ -134,6 +138,10 @@ pub enum RoomAction {
     TrackKind(PeerId, TrackId, TrackType),
     /// The stream a peer's media arrives in.
     Stream(PeerId, MediaStream),
+    /// A peer's shared screen arrived, in a stream of its own.
+    Screen(PeerId, TrackId, MediaStream),
+    /// We share our screen (`Some`), or no longer do.
+    Sharing(Option<MediaStream>),
     Mic(bool),
     Camera(bool),
     Problem(String),
@@ -243,6 +251,13 @@ impl Reducible for RoomState {
             }
             RoomAction::TracksAdded(id, tracks) => {
                 if let Some(peer) = state.peers.get_mut(&id) {
+                    if peer
+                        .screen
+                        .as_ref()
+                        .is_some_and(|(screen, _)| !tracks.contains_key(screen))
+                    {
+                        peer.screen = None;
+                    }
                     peer.tracks = tracks;
                 }
             }
@@ -252,6 +267,13 @@ impl Reducible for RoomState {
                         .retain(|track_id, _| !track_ids.contains(track_id));
                     peer.kinds
                         .retain(|track_id, _| !track_ids.contains(track_id));
+                    if peer
+                        .screen
+                        .as_ref()
+                        .is_some_and(|(screen, _)| track_ids.contains(screen))
+                    {
+                        peer.screen = None;
+                    }
                 }
             }
             RoomAction::TrackUpdated(id, track_id, metadata) => {
@@ -273,6 +295,12 @@ impl Reducible for RoomState {
                     peer.stream = Some(stream);
                 }
             }
+            RoomAction::Screen(id, track_id, stream) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    peer.screen = Some((track_id, stream));
+                }
+            }
+            RoomAction::Sharing(screen) => state.sharing = screen,
             RoomAction::Mic(on) => state.mic_on = on,
             RoomAction::Camera(on) => state.camera_on = on,
             RoomAction::Problem(problem) => state.problems.push(problem),

@@ -9,7 +9,7 @@
 //! asks for a renegotiation and restarts ICE.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use futures::channel::mpsc;
@@ -18,9 +18,9 @@ use gloo_timers::future::TimeoutFuture;
 use shared::client_event::{
     ChatText, ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, UpdateTrackMetadata,
 };
-use shared::metadata::{peer_metadata, track_metadata, TrackType};
+use shared::metadata::{peer_metadata, track_metadata, track_type, TrackType};
 use shared::server_event::{OfferData, SdpAnswer, ServerCandidate, TurnServer, VadStatus};
-use shared::{ClientEvent, PeerId, RoomId, ServerEvent, TrackId};
+use shared::{ClientEvent, Metadata, PeerId, RoomId, ServerEvent, TrackId};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
@@ -96,6 +96,12 @@ struct Inner {
     mid_to_track_id: BTreeMap<String, TrackId>,
     /// Server candidates that came before an answer could take them.
     early_candidates: Vec<ServerCandidate>,
+    /// The others' screen-sharing tracks, known from their metadata before their media comes:
+    /// each is shown in a tile of its own.
+    remote_screens: BTreeSet<TrackId>,
+    /// Our screen being shared, in a stream of its own (not the camera's), and the
+    /// transceiver that sends it.
+    screen: Option<(MediaStream, RtcRtpTransceiver)>,
     left: bool,
 }
 
@@ -126,6 +132,8 @@ impl Session {
                 device_handlers: Vec::new(),
                 mid_to_track_id: BTreeMap::new(),
                 early_candidates: Vec::new(),
+                remote_screens: BTreeSet::new(),
+                screen: None,
                 left: false,
             })),
         };
@@ -282,6 +290,12 @@ impl Session {
                     .peers_in_room
                     .iter()
                     .any(|peer| !peer.track_id_to_metadata.is_empty());
+                self.note_screens(
+                    accepted
+                        .peers_in_room
+                        .iter()
+                        .flat_map(|peer| &peer.track_id_to_metadata),
+                );
                 let peers = accepted
                     .peers_in_room
                     .into_iter()
@@ -315,6 +329,7 @@ impl Session {
                 self.dispatch(RoomAction::PeerUpdated(updated.peer_id, updated.metadata));
             }
             ServerEvent::TracksAdded(added) if !is_me(&added.peer_id) => {
+                self.note_screens(&added.track_id_to_metadata);
                 self.dispatch(RoomAction::TracksAdded(
                     added.peer_id,
                     added.track_id_to_metadata,
@@ -376,6 +391,16 @@ impl Session {
             _ => {}
         }
         Ok(Next::Continue)
+    }
+
+    /// Notes which of `tracks` are screens being shared.
+    fn note_screens<'a>(&self, tracks: impl IntoIterator<Item = (&'a TrackId, &'a Metadata)>) {
+        let mut inner = self.inner.borrow_mut();
+        for (id, metadata) in tracks {
+            if track_type(metadata) == Some(TrackType::Screensharing) {
+                inner.remote_screens.insert(id.clone());
+            }
+        }
     }
 
     /// Gives each local track its id `<peerId>:<uuid>`; false when there is nothing to publish.
@@ -547,12 +572,22 @@ impl Session {
             ) else {
                 return;
             };
-            let kind = if event.track().kind() == "audio" {
+            timings::mark(Step::Track);
+            let track = event.track();
+            if session.inner.borrow().remote_screens.contains(&track_id) {
+                // The server puts a peer's tracks in one stream: the screen leaves it for a
+                // stream and a tile of its own, so the camera's tile never shows it.
+                stream.remove_track(&track);
+                if let Ok(screen) = MediaStream::new_with_tracks(&js_sys::Array::of1(&track)) {
+                    session.dispatch(RoomAction::Screen(owner, track_id, screen));
+                }
+                return;
+            }
+            let kind = if track.kind() == "audio" {
                 TrackType::Audio
             } else {
                 TrackType::Camera
             };
-            timings::mark(Step::Track);
             session.dispatch(RoomAction::TrackKind(owner.clone(), track_id, kind));
             session.dispatch(RoomAction::Stream(owner, stream));
         });
@@ -616,6 +651,75 @@ impl Session {
     }
 
     /// Turns the microphone (`TrackType::Audio`) or camera on or off, and tells the others.
+    /// Shares the screen (a window or tab the person picks) as a track of its own, type
+    /// `screensharing`, at high resolution and a low frame rate; the browser's own "Stop
+    /// sharing" ends it as [`Session::stop_sharing`] does.
+    pub fn share_screen(&self) {
+        let session = self.clone();
+        spawn_local(async move {
+            if let Err(err) = session.start_sharing().await {
+                session.dispatch(RoomAction::Notice(format!(
+                    "The screen is not shared: {}",
+                    describe(&err)
+                )));
+            }
+        });
+    }
+
+    async fn start_sharing(&self) -> Result<(), JsValue> {
+        let (me, pc) = {
+            let inner = self.inner.borrow();
+            (inner.me.clone(), inner.pc.clone())
+        };
+        let (Some(me), Some(pc)) = (me, pc) else {
+            return Err("join the room first".into());
+        };
+        let screen = media::open_screen().await?;
+        let Some(track) = tracks_of(Some(&screen), Some(TrackType::Screensharing))
+            .into_iter()
+            .next()
+        else {
+            return Err("the browser gave no video of the screen".into());
+        };
+        let session = self.clone();
+        let on_ended = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| session.stop_sharing());
+        track.set_onended(Some(on_ended.as_ref().unchecked_ref()));
+        let send_only = RtcRtpTransceiverInit::new();
+        send_only.set_direction(RtcRtpTransceiverDirection::Sendonly);
+        send_only.set_streams(&js_sys::Array::of1(&screen));
+        let transceiver = pc.add_transceiver_with_media_stream_track_and_init(&track, &send_only);
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.device_handlers.push(on_ended);
+            inner.local_tracks.push(LocalTrack {
+                id: TrackId::new(&me, uuid::Uuid::new_v4()),
+                track,
+                track_type: TrackType::Screensharing,
+            });
+            inner.screen = Some((screen.clone(), transceiver));
+        }
+        self.dispatch(RoomAction::Sharing(Some(screen)));
+        self.push(ClientEvent::RenegotiateTracks);
+        Ok(())
+    }
+
+    /// Stops sharing the screen: its sender stops, and the others lose its tile.
+    pub fn stop_sharing(&self) {
+        let Some((screen, transceiver)) = self.inner.borrow_mut().screen.take() else {
+            return;
+        };
+        // A stopped transceiver's m-line is offered with port 0: the server drops the track.
+        transceiver.stop();
+        let tracks = tracks_of(Some(&screen), None);
+        self.inner
+            .borrow_mut()
+            .local_tracks
+            .retain(|local| !tracks.contains(&local.track));
+        stop_tracks(Some(&screen));
+        self.dispatch(RoomAction::Sharing(None));
+        self.push(ClientEvent::RenegotiateTracks);
+    }
+
     /// The connection to the server, while there is one (for its statistics).
     pub fn peer_connection(&self) -> Option<RtcPeerConnection> {
         self.inner.borrow().pc.clone()
@@ -800,7 +904,13 @@ impl Inner {
         self.local_tracks.clear();
         self.mid_to_track_id.clear();
         self.early_candidates.clear();
+        self.remote_screens.clear();
         self.media_up = false;
+        // A share is not taken over into the next join.
+        if let Some((screen, _)) = self.screen.take() {
+            stop_tracks(Some(&screen));
+        }
+        self.dispatch.emit(RoomAction::Sharing(None));
     }
 }
 

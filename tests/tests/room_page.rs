@@ -949,6 +949,84 @@ async fn the_speaking_tile_is_highlighted_and_leads() -> anyhow::Result<()> {
     finish(outcome, vec![("voices-ann", ann), ("voices-bob", bob)]).await
 }
 
+/// Ann shares her screen: Bob sees it in a tile of its own, pinned large, playing, while her
+/// camera's tile keeps her camera; when the browser ends the share (its own "Stop sharing"),
+/// the tile leaves both pages.
+#[tokio::test]
+async fn a_shared_screen_appears_large_for_the_others_and_goes_when_stopped() -> anyhow::Result<()>
+{
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "screens").await?;
+        ann.click("#toggle-screen").await?;
+        let screen_tile = ".tile.screen[data-name=\"Ann's screen\"]";
+        let started = Instant::now();
+        let width = bob
+            .wait_for(
+                "Ann's screen playing on Bob's page",
+                &format!(
+                    "(() => {{ const v = document.querySelector({}); \
+                       return v && v.videoWidth > 0 && !v.paused && v.videoWidth; }})()",
+                    json!(format!("{screen_tile} video"))
+                ),
+                FIRST_FRAME_TIMEOUT,
+            )
+            .await?;
+        println!(
+            "Ann's screen on Bob's page after {} ms, {width} px wide",
+            started.elapsed().as_millis()
+        );
+        ensure!(
+            bob.count(&format!("{screen_tile}.pinned")).await? == 1,
+            "the screen is not shown large"
+        );
+        ann.wait_for_presence(
+            ".tile.screen[data-name=\"Your screen\"]",
+            true,
+            INDICATOR_TIMEOUT,
+        )
+        .await
+        .context("Ann does not see what she shares")?;
+        let camera_tracks = bob
+            .eval(
+                &format!(
+                    "{} return tile.querySelector('video').srcObject.getVideoTracks().length;",
+                    find_remote_tile_js("Ann")
+                ),
+                vec![],
+            )
+            .await?;
+        ensure!(
+            camera_tracks == json!(1),
+            "Ann's camera tile holds {camera_tracks} videos"
+        );
+        assert_playing(&bob, "Ann", "Bob's page, Ann's camera while she shares").await?;
+
+        ann.eval(
+            "document.querySelector('.tile.screen video').srcObject.getVideoTracks()[0] \
+             .dispatchEvent(new Event('ended'));",
+            vec![],
+        )
+        .await?;
+        let stopped = Instant::now();
+        bob.wait_for_presence(screen_tile, false, LEAVE_LIMIT)
+            .await
+            .context("Ann's screen stays on Bob's page after she stopped")?;
+        println!(
+            "the screen left Bob's page {} ms after the share ended",
+            stopped.elapsed().as_millis()
+        );
+        ann.wait_for_presence(".tile.screen", false, INDICATOR_TIMEOUT)
+            .await?;
+        assert_playing(&bob, "Ann", "Bob's page, Ann's camera after the share").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("screens-ann", ann), ("screens-bob", bob)]).await
+}
+
 /// The Stats button shows each remote video's resolution, frame rate, bitrate and loss over
 /// its tile, read from the connection's statistics; a second click hides them.
 #[tokio::test]

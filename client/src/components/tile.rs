@@ -27,6 +27,9 @@ pub struct TileProps {
     /// the page, where a moved video stops playing.
     #[prop_or_default]
     pub order: i64,
+    /// A shared screen: shown whole, never mirrored.
+    #[prop_or_default]
+    pub screen: bool,
     /// The video's figures, when the person asked to see them.
     #[prop_or_default]
     pub stats: Option<String>,
@@ -56,7 +59,8 @@ pub fn tile(props: &TileProps) -> Html {
         props.local.then_some("local"),
         props.camera_off.then_some("camera-off"),
         props.pinned.then_some("pinned"),
-        props.speaking.then_some("speaking")
+        props.speaking.then_some("speaking"),
+        props.screen.then_some("screen")
     );
     let on_click = props.on_pin.reform(|_: MouseEvent| ());
     let on_fullscreen = {

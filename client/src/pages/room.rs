@@ -22,6 +22,14 @@ use crate::rtc::Session;
 use crate::signaling;
 use crate::stats::{inbound_video, Sampler, VideoStats};
 
+/// The tile id of our own shared screen.
+const LOCAL_SCREEN: &str = "screen";
+
+/// The tile id of `peer`'s shared screen.
+fn screen_tile_id(peer: &shared::PeerId) -> String {
+    format!("{peer}:screen")
+}
+
 /// How often the video figures are read while shown.
 const STATS_INTERVAL_MS: u32 = 1000;
 
@@ -184,6 +192,35 @@ fn call(props: &CallProps) -> Html {
         let show_stats = show_stats.clone();
         Callback::from(move |_: MouseEvent| show_stats.set(!*show_stats))
     };
+    // A screen someone starts sharing is pinned, unless the person pinned something already.
+    let screens: Vec<String> = state
+        .peers
+        .iter()
+        .filter(|(_, peer)| peer.screen.is_some())
+        .map(|(id, _)| screen_tile_id(id))
+        .collect();
+    {
+        let (pinned, seen) = (pinned.clone(), use_mut_ref(Vec::<String>::new));
+        use_effect_with(screens, move |screens| {
+            let new = screens.iter().find(|id| !seen.borrow().contains(id));
+            if let (Some(new), None) = (new, pinned.as_ref()) {
+                pinned.set(Some(new.clone()));
+            }
+            *seen.borrow_mut() = screens.clone();
+        });
+    }
+    let on_share = {
+        let (session, sharing) = (session.clone(), state.sharing.is_some());
+        Callback::from(move |_: MouseEvent| {
+            if let Some(session) = &*session.borrow() {
+                if sharing {
+                    session.stop_sharing();
+                } else {
+                    session.share_screen();
+                }
+            }
+        })
+    };
     let navigator = use_navigator();
     let toggle = |track_type: TrackType, on: bool| {
         let session = session.clone();
@@ -245,10 +282,20 @@ fn call(props: &CallProps) -> Html {
         .unwrap_or_default();
     // Tiles keep their place in the page (a moved video element stops playing); the layout is
     // CSS: a grid of about as many columns as rows, or the pinned tile large and a strip.
-    let tiles = state.peers.len() + 1;
-    let pinned_here = pinned
-        .as_deref()
-        .is_some_and(|id| id == me || state.peers.keys().any(|peer| peer.to_string() == id));
+    let remote_screens: Vec<_> = state
+        .peers_by_arrival()
+        .into_iter()
+        .filter_map(|(id, peer)| Some((id, peer, peer.screen.as_ref()?.1.clone())))
+        .collect();
+    let tiles = state.peers.len() + 1 + remote_screens.len() + usize::from(state.sharing.is_some());
+    let pinned_here = pinned.as_deref().is_some_and(|id| {
+        id == me
+            || (id == LOCAL_SCREEN && state.sharing.is_some())
+            || state.peers.iter().any(|(peer_id, peer)| {
+                peer_id.to_string() == id
+                    || (peer.screen.is_some() && screen_tile_id(peer_id) == id)
+            })
+    });
     let columns = (1..=tiles)
         .find(|columns| columns * columns >= tiles)
         .unwrap_or(1);
@@ -287,6 +334,20 @@ fn call(props: &CallProps) -> Html {
                         speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))}
                         stats={stats_of(&peer.stream)} />
                 }) }
+                if let Some(screen) = state.sharing.clone() {
+                    <Tile key={LOCAL_SCREEN} peer_id={LOCAL_SCREEN} name="Your screen" stream={screen} screen=true
+                        mic_muted=false camera_off=false
+                        pinned={pinned.as_deref() == Some(LOCAL_SCREEN)} on_pin={pin(LOCAL_SCREEN.to_owned())} />
+                }
+                { for remote_screens.into_iter().map(|(id, peer, screen)| {
+                    let tile_id = screen_tile_id(id);
+                    html! {
+                        <Tile key={tile_id.clone()} peer_id={tile_id.clone()} name={format!("{}'s screen", peer.name())}
+                            stream={screen.clone()} screen=true mic_muted=false camera_off=false
+                            pinned={pinned.as_deref() == Some(tile_id.as_str())} on_pin={pin(tile_id.clone())}
+                            stats={stats_of(&Some(screen))} />
+                    }
+                }) }
             </section>
             <aside>
                 <h2>{ format!("Participants ({})", state.peers.len() + 1) }</h2>
@@ -305,6 +366,9 @@ fn call(props: &CallProps) -> Html {
                 </button>
                 { device_select(TrackType::Audio, "microphone-select", "Microphone", &state.microphone) }
                 { device_select(TrackType::Camera, "camera-select", "Camera", &state.camera) }
+                <button id="toggle-screen" disabled={state.status != Status::Joined} aria-pressed={state.sharing.is_some().to_string()} onclick={on_share}>
+                    { if state.sharing.is_some() { "Stop sharing" } else { "Share screen" } }
+                </button>
                 <button id="toggle-stats" class="secondary" aria-pressed={show_stats.to_string()} onclick={on_stats}>
                     { if *show_stats { "Hide stats" } else { "Stats" } }
                 </button>
