@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+use shared::client_event::SimulcastLayer;
 use shared::metadata::{display_name, track_active, track_type, TrackType};
 use shared::server_event::ChatMessage;
 
@@ -52,6 +53,8 @@ pub struct RemotePeer {
     pub stream: Option<MediaStream>,
     /// The screen the peer shares, in a stream of its own, with its track's id.
     pub screen: Option<(TrackId, MediaStream)>,
+    /// The simulcast layer of its camera the server sends us, once it said.
+    pub layer: Option<SimulcastLayer>,
 }
 
 impl RemotePeer {
@@ -75,6 +78,17 @@ impl RemotePeer {
     pub fn mic_muted(&self) -> bool {
         self.track_of(&[TrackType::Audio])
             .is_none_or(|metadata| !track_active(metadata))
+    }
+
+    /// The id of the peer's camera track, if it has one.
+    pub fn camera(&self) -> Option<&TrackId> {
+        self.tracks
+            .iter()
+            .find(|(id, metadata)| {
+                track_type(metadata).or_else(|| self.kinds.get(*id).copied())
+                    == Some(TrackType::Camera)
+            })
+            .map(|(id, _)| id)
     }
 
     /// Camera off: its video track is off, or it has none.
@@ -138,6 +152,8 @@ pub enum RoomAction {
     TrackKind(PeerId, TrackId, TrackType),
     /// The stream a peer's media arrives in.
     Stream(PeerId, MediaStream),
+    /// The server now sends us the peer's track in this simulcast layer.
+    Layer(PeerId, TrackId, SimulcastLayer),
     /// A peer's shared screen arrived, in a stream of its own.
     Screen(PeerId, TrackId, MediaStream),
     /// We share our screen (`Some`), or no longer do.
@@ -301,6 +317,13 @@ impl Reducible for RoomState {
                 }
             }
             RoomAction::Sharing(screen) => state.sharing = screen,
+            RoomAction::Layer(id, track_id, layer) => {
+                if let Some(peer) = state.peers.get_mut(&id) {
+                    if peer.camera() == Some(&track_id) {
+                        peer.layer = Some(layer);
+                    }
+                }
+            }
             RoomAction::Mic(on) => state.mic_on = on,
             RoomAction::Camera(on) => state.camera_on = on,
             RoomAction::Problem(problem) => state.problems.push(problem),

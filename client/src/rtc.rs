@@ -16,7 +16,8 @@ use futures::channel::mpsc;
 use futures::StreamExt;
 use gloo_timers::future::TimeoutFuture;
 use shared::client_event::{
-    ChatText, ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, UpdateTrackMetadata,
+    ChatText, ClientCandidate, Join, SdpOffer, SdpType, SessionDescription, SetTargetTrackVariant,
+    SimulcastLayer, UpdateTrackMetadata,
 };
 use shared::metadata::{peer_metadata, track_metadata, track_type, TrackType};
 use shared::server_event::{OfferData, SdpAnswer, ServerCandidate, TurnServer, VadStatus};
@@ -27,7 +28,7 @@ use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
     MediaStream, MediaStreamTrack, RtcConfiguration, RtcIceCandidateInit, RtcIceConnectionState,
     RtcIceServer, RtcIceTransportPolicy, RtcOfferOptions, RtcPeerConnection,
-    RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcRtpTransceiver,
+    RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcRtpEncodingParameters, RtcRtpTransceiver,
     RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType, RtcSessionDescriptionInit,
     RtcTrackEvent,
 };
@@ -99,6 +100,8 @@ struct Inner {
     /// The others' screen-sharing tracks, known from their metadata before their media comes:
     /// each is shown in a tile of its own.
     remote_screens: BTreeSet<TrackId>,
+    /// The simulcast layer last asked for, by remote track.
+    wishes: BTreeMap<TrackId, SimulcastLayer>,
     /// Our screen being shared, in a stream of its own (not the camera's), and the
     /// transceiver that sends it.
     screen: Option<(MediaStream, RtcRtpTransceiver)>,
@@ -133,6 +136,7 @@ impl Session {
                 mid_to_track_id: BTreeMap::new(),
                 early_candidates: Vec::new(),
                 remote_screens: BTreeSet::new(),
+                wishes: BTreeMap::new(),
                 screen: None,
                 left: false,
             })),
@@ -349,6 +353,11 @@ impl Session {
                 ));
             }
             ServerEvent::ChatMessage(message) => self.dispatch(RoomAction::Chat(message)),
+            ServerEvent::EncodingSwitched(switched) => self.dispatch(RoomAction::Layer(
+                switched.peer_id,
+                switched.track_id,
+                switched.encoding,
+            )),
             ServerEvent::VadNotification(voice) => self.dispatch(RoomAction::Voice(
                 voice.track_id,
                 voice.status == VadStatus::Speech,
@@ -532,10 +541,13 @@ impl Session {
         let pc = RtcPeerConnection::new_with_configuration(&config)?;
         let mut inner = self.inner.borrow_mut();
         if let Some(stream) = &inner.local_stream {
-            let send_only = RtcRtpTransceiverInit::new();
-            send_only.set_direction(RtcRtpTransceiverDirection::Sendonly);
-            send_only.set_streams(&js_sys::Array::of1(stream));
             for local in &inner.local_tracks {
+                let send_only = RtcRtpTransceiverInit::new();
+                send_only.set_direction(RtcRtpTransceiverDirection::Sendonly);
+                send_only.set_streams(&js_sys::Array::of1(stream));
+                if local.track_type == TrackType::Camera {
+                    send_only.set_send_encodings(&simulcast_encodings());
+                }
                 pc.add_transceiver_with_media_stream_track_and_init(&local.track, &send_only);
             }
         }
@@ -718,6 +730,27 @@ impl Session {
         stop_tracks(Some(&screen));
         self.dispatch(RoomAction::Sharing(None));
         self.push(ClientEvent::RenegotiateTracks);
+    }
+
+    /// Asks the server for the simulcast layer of each `(track, layer)` that fits its tile now;
+    /// each wish is sent once, when it changes.
+    pub fn wish_layers(&self, wishes: Vec<(TrackId, SimulcastLayer)>) {
+        let changed: Vec<(TrackId, SimulcastLayer)> = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.pc.is_none() {
+                return;
+            }
+            wishes
+                .into_iter()
+                .filter(|(track, layer)| inner.wishes.insert(track.clone(), *layer) != Some(*layer))
+                .collect()
+        };
+        for (track_id, variant) in changed {
+            self.push(ClientEvent::SetTargetTrackVariant(SetTargetTrackVariant {
+                track_id,
+                variant,
+            }));
+        }
     }
 
     /// The connection to the server, while there is one (for its statistics).
@@ -905,6 +938,7 @@ impl Inner {
         self.mid_to_track_id.clear();
         self.early_candidates.clear();
         self.remote_screens.clear();
+        self.wishes.clear();
         self.media_up = false;
         // A share is not taken over into the next join.
         if let Some((screen, _)) = self.screen.take() {
@@ -912,6 +946,25 @@ impl Inner {
         }
         self.dispatch.emit(RoomAction::Sharing(None));
     }
+}
+
+/// The camera's three simulcast layers, as `membrane-webrtc-js` 0.3 sends them: rids `l`, `m`
+/// and `h` at a quarter, half and full resolution, each with a bitrate cap.
+fn simulcast_encodings() -> js_sys::Array {
+    [
+        ("l", 4.0, 150_000),
+        ("m", 2.0, 500_000),
+        ("h", 1.0, 1_500_000),
+    ]
+    .into_iter()
+    .map(|(rid, scale, max_bitrate)| {
+        let encoding = RtcRtpEncodingParameters::new();
+        encoding.set_rid(rid);
+        encoding.set_scale_resolution_down_by(scale);
+        encoding.set_max_bitrate(max_bitrate);
+        JsValue::from(encoding)
+    })
+    .collect()
 }
 
 /// A connection setting for tests and for checking a TURN setup by hand, from `localStorage`:

@@ -6,7 +6,8 @@
 //!   listener ([`tcp`]), the datagrams routed to connections by [`demux`], the forwarding from
 //!   publishers to subscribers;
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
-//! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`];
+//! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`], on the
+//!   layer [`simulcast`] chooses;
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
 //!   [`setup`] the codecs and interceptors every peer connection uses; [`addresses`] the
 //!   machine's own addresses, candidates beside loopback; [`voice`] who is speaking, from
@@ -21,6 +22,7 @@ pub mod engine;
 mod rewrite;
 pub(crate) mod sdp;
 pub mod setup;
+pub(crate) mod simulcast;
 mod tcp;
 pub mod udp;
 pub mod voice;

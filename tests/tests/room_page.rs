@@ -949,6 +949,83 @@ async fn the_speaking_tile_is_highlighted_and_leads() -> anyhow::Result<()> {
     finish(outcome, vec![("voices-ann", ann), ("voices-bob", bob)]).await
 }
 
+/// Ann's camera goes out in three simulcast layers (rids l, m, h). On Bob's page her tile asks
+/// for the layer that fits it: in the strip beside Bob's own pinned tile the low one (a quarter
+/// of her 1280 pixels), pinned large the high one; the server confirms each switch
+/// (`encodingSwitched`), which the stats overlay shows.
+#[tokio::test]
+async fn each_tile_receives_the_simulcast_layer_that_fits_it() -> anyhow::Result<()> {
+    let _turn = BROWSER_TURN.lock().await;
+    let server = TestServer::with_client().await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        ann_and_bob_talking(&ann, &bob, &server, "layers").await?;
+        let rids = ann
+            .wait_for(
+                "Ann's camera sent in three layers",
+                "window.videoroomPeerConnection.getStats().then(report => { \
+                   const rids = []; \
+                   report.forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video' \
+                     && s.rid && s.framesEncoded > 0) rids.push(s.rid + ' ' + s.frameWidth); }); \
+                   return rids.length === 3 && rids.sort().join(', '); })",
+                FIRST_FRAME_TIMEOUT,
+            )
+            .await?;
+        println!("Ann sends {rids}");
+        let width_of_ann = format!(
+            "{} const track = tile.querySelector('video').srcObject.getVideoTracks()[0].id; \
+             return window.videoroomPeerConnection.getStats().then(report => {{ \
+               let width = 0; \
+               report.forEach(s => {{ if (s.type === 'inbound-rtp' && s.trackIdentifier === track) width = s.frameWidth || 0; }}); \
+               return width; }});",
+            find_remote_tile_js("Ann")
+        );
+        let ann_width = || async { bob.eval(&width_of_ann, vec![]).await };
+
+        // Bob pins his own tile: Ann's goes to the narrow strip.
+        bob.click(".tile.local").await?;
+        let pinned = Instant::now();
+        let deadline = pinned + FIRST_FRAME_TIMEOUT;
+        loop {
+            let width = ann_width().await?;
+            if width.as_u64().is_some_and(|width| (1..=400).contains(&width)) {
+                println!("Ann's tile in the strip: {width} px wide after {} ms", pinned.elapsed().as_millis());
+                break;
+            }
+            ensure!(Instant::now() < deadline, "Ann's video in the strip is still {width} px wide");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Bob pins Ann's tile: large, the high layer.
+        bob.click(&remote_tile_css("Ann")).await?;
+        let pinned = Instant::now();
+        let deadline = pinned + FIRST_FRAME_TIMEOUT;
+        loop {
+            let width = ann_width().await?;
+            if width.as_u64().is_some_and(|width| width >= 1000) {
+                println!("Ann's tile pinned: {width} px wide after {} ms", pinned.elapsed().as_millis());
+                break;
+            }
+            ensure!(Instant::now() < deadline, "Ann's pinned video is still {width} px wide");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bob.click("#toggle-stats").await?;
+        bob.wait_for(
+            "the overlay naming the high layer",
+            &format!(
+                "(document.querySelector({}) || {{}}).textContent?.endsWith('layer h')",
+                json!(format!("{} .stats", remote_tile_css("Ann")))
+            ),
+            JOIN_TIMEOUT,
+        )
+        .await?;
+        assert_playing(&bob, "Ann", "Bob's page, Ann pinned").await?;
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("layers-ann", ann), ("layers-bob", bob)]).await
+}
+
 /// Ann shares her screen: Bob sees it in a tile of its own, pinned large, playing, while her
 /// camera's tile keeps her camera; when the browser ends the share (its own "Stop sharing"),
 /// the tile leaves both pages.

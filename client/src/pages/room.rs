@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use gloo::timers::callback::Interval;
+use shared::client_event::SimulcastLayer;
 use shared::metadata::TrackType;
-use shared::RoomId;
+use shared::{RoomId, TrackId};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::spawn_local;
 use yew::prelude::*;
@@ -28,6 +29,16 @@ const LOCAL_SCREEN: &str = "screen";
 /// The tile id of `peer`'s shared screen.
 fn screen_tile_id(peer: &shared::PeerId) -> String {
     format!("{peer}:screen")
+}
+
+/// The simulcast layer that fills a tile `width` CSS pixels wide on a screen of
+/// `pixel_ratio`: `l` (320 pixels wide) up to 360, `m` (640) up to 720, else `h` (1280).
+fn layer_for_width(width: f64, pixel_ratio: f64) -> SimulcastLayer {
+    match width * pixel_ratio.max(1.0) {
+        pixels if pixels <= 360.0 => SimulcastLayer::Low,
+        pixels if pixels <= 720.0 => SimulcastLayer::Medium,
+        _ => SimulcastLayer::High,
+    }
 }
 
 /// How often the video figures are read while shown.
@@ -179,15 +190,61 @@ fn call(props: &CallProps) -> Html {
             move || drop(interval)
         });
     }
-    let stats_of = |stream: &Option<web_sys::MediaStream>| {
+    let stats_of = |stream: &Option<web_sys::MediaStream>, layer: Option<SimulcastLayer>| {
         let track = stream.as_ref()?.get_video_tracks().get(0);
         let track: web_sys::MediaStreamTrack = track.dyn_into().ok()?;
         (*show_stats).then(|| {
-            stats
+            let figures = stats
                 .get(&track.id())
-                .map_or_else(|| "no video yet".to_owned(), VideoStats::summary)
+                .map_or_else(|| "no video yet".to_owned(), VideoStats::summary);
+            match layer {
+                Some(layer) => format!("{figures} · layer {}", layer_name(layer)),
+                None => figures,
+            }
         })
     };
+    // After each render (and when the window is resized), each remote camera is asked for in
+    // the layer that fits its tile.
+    let resized = use_state(|| 0u32);
+    {
+        let resized = resized.clone();
+        use_effect_with((), move |_| {
+            let listener = web_sys::window().map(|window| {
+                gloo::events::EventListener::new(&window, "resize", move |_| {
+                    resized.set(resized.wrapping_add(1));
+                })
+            });
+            move || drop(listener)
+        });
+    }
+    {
+        let session = session.clone();
+        let cameras: Vec<(String, TrackId)> = state
+            .peers
+            .iter()
+            .filter_map(|(id, peer)| Some((id.to_string(), peer.camera()?.clone())))
+            .collect();
+        use_effect(move || {
+            let Some(window) = web_sys::window() else {
+                return;
+            };
+            let Some(document) = window.document() else {
+                return;
+            };
+            let wishes = cameras
+                .into_iter()
+                .filter_map(|(peer, track)| {
+                    let selector = format!("figure.tile[data-peer-id=\"{peer}\"]");
+                    let tile = document.query_selector(&selector).ok()??;
+                    let width = f64::from(tile.client_width());
+                    Some((track, layer_for_width(width, window.device_pixel_ratio())))
+                })
+                .collect();
+            if let Some(session) = &*session.borrow() {
+                session.wish_layers(wishes);
+            }
+        });
+    }
     let on_stats = {
         let show_stats = show_stats.clone();
         Callback::from(move |_: MouseEvent| show_stats.set(!*show_stats))
@@ -332,7 +389,7 @@ fn call(props: &CallProps) -> Html {
                         mic_muted={peer.mic_muted()} camera_off={peer.camera_off()}
                         pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())}
                         speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))}
-                        stats={stats_of(&peer.stream)} />
+                        stats={stats_of(&peer.stream, peer.layer)} />
                 }) }
                 if let Some(screen) = state.sharing.clone() {
                     <Tile key={LOCAL_SCREEN} peer_id={LOCAL_SCREEN} name="Your screen" stream={screen} screen=true
@@ -345,7 +402,7 @@ fn call(props: &CallProps) -> Html {
                         <Tile key={tile_id.clone()} peer_id={tile_id.clone()} name={format!("{}'s screen", peer.name())}
                             stream={screen.clone()} screen=true mic_muted=false camera_off=false
                             pinned={pinned.as_deref() == Some(tile_id.as_str())} on_pin={pin(tile_id.clone())}
-                            stats={stats_of(&Some(screen))} />
+                            stats={stats_of(&Some(screen), None)} />
                     }
                 }) }
             </section>
@@ -375,5 +432,28 @@ fn call(props: &CallProps) -> Html {
                 <button id="disconnect" class="leave" onclick={on_disconnect}>{ "Disconnect" }</button>
             </nav>
         </main>
+    }
+}
+
+/// A layer as the wire names it.
+fn layer_name(layer: SimulcastLayer) -> &'static str {
+    match layer {
+        SimulcastLayer::Low => "l",
+        SimulcastLayer::Medium => "m",
+        SimulcastLayer::High => "h",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tile_asks_for_the_layer_its_pixels_can_show() {
+        assert_eq!(layer_for_width(224.0, 1.0), SimulcastLayer::Low);
+        assert_eq!(layer_for_width(224.0, 2.0), SimulcastLayer::Medium);
+        assert_eq!(layer_for_width(500.0, 1.0), SimulcastLayer::Medium);
+        assert_eq!(layer_for_width(1000.0, 1.0), SimulcastLayer::High);
+        assert_eq!(layer_for_width(0.0, 0.0), SimulcastLayer::Low);
     }
 }

@@ -1,8 +1,10 @@
 //! A down-track (LiveKit's word): one subscriber's copy of one published track. It owns what the
 //! subscriber's leg sends with — its SSRC, the payload type its answer gave the codec, and the
-//! sequence-number and timestamp rewrite of [`crate::media::rewrite`] — and holds video back
-//! until a keyframe starts it, so the subscriber can decode from its first packet. Pure state:
-//! the worker that owns it hands it each packet's header and the time.
+//! sequence-number and timestamp rewrite of [`crate::media::rewrite`] — and the simulcast layer
+//! it forwards ([`crate::media::simulcast`]). Video starts, and moves to another layer, only at a
+//! keyframe of that layer, so the subscriber decodes from its first packet and across a switch
+//! with numbers that run on. Pure state: the worker that owns it hands it each packet's header,
+//! layer, the layers arriving, and the time.
 
 use std::time::Instant;
 
@@ -10,6 +12,7 @@ use rtc::rtp;
 
 use crate::media::codec::{Codec, MediaKind};
 use crate::media::rewrite::Rewrite;
+use crate::media::simulcast::{choose, Layer, Layers};
 
 /// What a packet is sent with on one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +48,12 @@ pub struct DownTrack {
     kind: MediaKind,
     /// The payload type of each codec on this leg; empty until the leg is negotiated.
     payload_types: Vec<(Codec, u8)>,
-    /// Video waits for a keyframe so the subscriber can decode from its first packet.
-    started: bool,
+    /// The layer the subscriber wishes for (`setTargetTrackVariant`; the best unless it said).
+    wish: Layer,
+    /// The layer being forwarded; `None` until the first packet (for video, keyframe) is.
+    current: Option<Layer>,
+    /// A video layer switched to and not yet reported.
+    switched: Option<Layer>,
     rewrite: Rewrite,
 }
 
@@ -56,7 +63,9 @@ impl DownTrack {
             ssrc,
             kind,
             payload_types: Vec::new(),
-            started: false,
+            wish: Layer::High,
+            current: None,
+            switched: None,
             rewrite: Rewrite::default(),
         }
     }
@@ -66,19 +75,42 @@ impl DownTrack {
         self.payload_types = payload_types;
     }
 
-    /// Whether the leg is negotiated but still waits for a keyframe to start.
-    pub fn waits_for_keyframe(&self) -> bool {
-        !self.started && self.kind == MediaKind::Video && !self.payload_types.is_empty()
+    /// The layer the subscriber wishes for from now on.
+    pub fn set_wish(&mut self, wish: Layer) {
+        self.wish = wish;
     }
 
-    /// The numbers to send `header`'s packet with on this leg, or `None` to hold it back (the
-    /// leg is not negotiated, has no payload type for the codec, waits for a keyframe, or the
-    /// packet belongs to a source the leg has moved past).
+    /// The layer whose keyframe the leg waits for, to start or to switch to it, if it waits:
+    /// the one [`choose`] picks of those `arriving`.
+    pub fn keyframe_wanted(&self, arriving: Layers) -> Option<Layer> {
+        if self.kind != MediaKind::Video || self.payload_types.is_empty() {
+            return None;
+        }
+        choose(self.wish, arriving).filter(|goal| self.current != Some(*goal))
+    }
+
+    /// The layer being forwarded, once one is.
+    pub fn current(&self) -> Option<Layer> {
+        self.current
+    }
+
+    /// The video layer the leg switched to since last asked, to tell the subscriber.
+    pub fn take_switch(&mut self) -> Option<Layer> {
+        self.switched.take()
+    }
+
+    /// The numbers to send `header`'s packet (of `layer`, while the publisher's `arriving`
+    /// layers are those) with on this leg, or `None` to hold it back: the leg is not
+    /// negotiated, has no payload type for the codec, forwards another layer (or none yet) and
+    /// this is not a keyframe of the layer it moves to, or the packet belongs to a source the
+    /// leg has moved past.
     pub fn admit(
         &mut self,
         codec: Codec,
         keyframe: bool,
         header: &rtp::Header,
+        layer: Layer,
+        arriving: Layers,
         now: Instant,
     ) -> Option<LegNumbers> {
         let payload_type = self
@@ -86,11 +118,15 @@ impl DownTrack {
             .iter()
             .find(|(leg_codec, _)| *leg_codec == codec)
             .map(|(_, payload_type)| *payload_type)?;
-        if !self.started {
-            if self.kind == MediaKind::Video && !keyframe {
-                return None;
+        if self.current != Some(layer) {
+            if self.kind == MediaKind::Video {
+                // Until the goal's keyframe the leg keeps forwarding what it forwards.
+                if !keyframe || choose(self.wish, arriving) != Some(layer) {
+                    return None;
+                }
+                self.switched = Some(layer);
             }
-            self.started = true;
+            self.current = Some(layer);
         }
         let (sequence, timestamp) = self.rewrite.rewrite(
             header.ssrc,
@@ -113,6 +149,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::media::simulcast::LAYERS;
 
     fn header(ssrc: u32, sequence: u16, timestamp: u32) -> rtp::Header {
         rtp::Header {
@@ -123,6 +160,15 @@ mod tests {
             ssrc,
             ..Default::default()
         }
+    }
+
+    /// The one layer of a track sent without simulcast.
+    fn single() -> Layers {
+        Layers::default().with(Layer::High)
+    }
+
+    fn all_layers() -> Layers {
+        LAYERS.into_iter().collect()
     }
 
     fn video_leg() -> DownTrack {
@@ -160,13 +206,37 @@ mod tests {
     fn a_leg_sends_nothing_before_it_is_negotiated() {
         let mut leg = DownTrack::new(1, MediaKind::Audio);
         let now = Instant::now();
-        assert_eq!(leg.admit(Codec::Opus, false, &header(5, 1, 960), now), None);
+        assert_eq!(
+            leg.admit(
+                Codec::Opus,
+                false,
+                &header(5, 1, 960),
+                Layer::High,
+                single(),
+                now
+            ),
+            None
+        );
         leg.set_payload_types(vec![(Codec::Opus, 109)]);
-        let numbers = leg.admit(Codec::Opus, false, &header(5, 2, 1920), now);
+        let numbers = leg.admit(
+            Codec::Opus,
+            false,
+            &header(5, 2, 1920),
+            Layer::High,
+            single(),
+            now,
+        );
         assert_eq!(numbers.map(|n| (n.ssrc, n.payload_type)), Some((1, 109)));
         // A codec the leg did not negotiate is never sent on it.
         assert_eq!(
-            leg.admit(Codec::H264, false, &header(5, 3, 2880), now),
+            leg.admit(
+                Codec::H264,
+                false,
+                &header(5, 3, 2880),
+                Layer::High,
+                single(),
+                now
+            ),
             None
         );
     }
@@ -175,12 +245,36 @@ mod tests {
     fn video_starts_at_a_keyframe_and_then_forwards_everything() {
         let mut leg = video_leg();
         let now = Instant::now();
-        assert!(leg.waits_for_keyframe());
-        assert_eq!(leg.admit(Codec::Vp8, false, &header(9, 100, 0), now), None);
-        let first = leg.admit(Codec::Vp8, true, &header(9, 101, 3000), now);
+        assert_eq!(leg.keyframe_wanted(single()), Some(Layer::High));
+        assert_eq!(
+            leg.admit(
+                Codec::Vp8,
+                false,
+                &header(9, 100, 0),
+                Layer::High,
+                single(),
+                now
+            ),
+            None
+        );
+        let first = leg.admit(
+            Codec::Vp8,
+            true,
+            &header(9, 101, 3000),
+            Layer::High,
+            single(),
+            now,
+        );
         assert_eq!(first.map(|n| n.sequence), Some(101));
-        assert!(!leg.waits_for_keyframe());
-        let next = leg.admit(Codec::Vp8, false, &header(9, 102, 3000), now);
+        assert_eq!(leg.keyframe_wanted(single()), None);
+        let next = leg.admit(
+            Codec::Vp8,
+            false,
+            &header(9, 102, 3000),
+            Layer::High,
+            single(),
+            now,
+        );
         assert_eq!(next.map(|n| (n.sequence, n.payload_type)), Some((102, 120)));
     }
 
@@ -191,7 +285,14 @@ mod tests {
         let sequences: Vec<u16> = [(65_534, true), (65_535, false), (1, false)]
             .into_iter()
             .filter_map(|(sequence, keyframe)| {
-                leg.admit(Codec::Vp8, keyframe, &header(9, sequence, 0), now)
+                leg.admit(
+                    Codec::Vp8,
+                    keyframe,
+                    &header(9, sequence, 0),
+                    Layer::High,
+                    single(),
+                    now,
+                )
             })
             .map(|numbers| numbers.sequence)
             .collect();
@@ -203,14 +304,189 @@ mod tests {
     fn a_restarted_publisher_continues_the_legs_numbering() {
         let mut leg = video_leg();
         let start = Instant::now();
-        let before = leg.admit(Codec::Vp8, true, &header(1, 500, 90_000), start);
+        let before = leg.admit(
+            Codec::Vp8,
+            true,
+            &header(1, 500, 90_000),
+            Layer::High,
+            single(),
+            start,
+        );
         assert_eq!(before.map(|n| n.sequence), Some(500));
         // The publisher comes back with a new SSRC and numbers of its own, 1 s later.
         let later = start + Duration::from_secs(1);
         let after = leg
-            .admit(Codec::Vp8, true, &header(2, 7, 1_000), later)
+            .admit(
+                Codec::Vp8,
+                true,
+                &header(2, 7, 1_000),
+                Layer::High,
+                single(),
+                later,
+            )
             .expect("the new source is forwarded");
         assert_eq!((after.sequence, after.ssrc), (501, 0xabcd));
         assert_eq!(after.timestamp, 90_000 + 90_000);
+    }
+
+    /// A simulcast publisher's packet: SSRC 10, 20, 30 for `l`, `m`, `h`, each layer numbered
+    /// and timed on its own.
+    fn layered(layer: Layer, sequence: u16) -> rtp::Header {
+        let (ssrc, base) = match layer {
+            Layer::Low => (10, 1_000),
+            Layer::Medium => (20, 30_000),
+            Layer::High => (30, 50_000),
+        };
+        header(ssrc, sequence, base)
+    }
+
+    #[test]
+    fn a_subscriber_gets_only_the_layer_it_wishes_for() {
+        let mut leg = video_leg();
+        leg.set_wish(Layer::Low);
+        let now = Instant::now();
+        assert_eq!(leg.keyframe_wanted(all_layers()), Some(Layer::Low));
+        let mut forwarded = Vec::new();
+        for sequence in 0..5u16 {
+            for layer in LAYERS {
+                let sent = leg.admit(
+                    Codec::Vp8,
+                    true,
+                    &layered(layer, sequence),
+                    layer,
+                    all_layers(),
+                    now,
+                );
+                if sent.is_some() {
+                    forwarded.push(layer);
+                }
+            }
+        }
+        assert_eq!(forwarded, [Layer::Low; 5]);
+        assert_eq!(leg.take_switch(), Some(Layer::Low));
+        assert_eq!(leg.take_switch(), None);
+        assert_eq!(leg.keyframe_wanted(all_layers()), None);
+    }
+
+    #[test]
+    fn a_switch_waits_for_the_new_layers_keyframe_and_numbers_run_on() {
+        let mut leg = video_leg();
+        leg.set_wish(Layer::Low);
+        let start = Instant::now();
+        let first = leg.admit(
+            Codec::Vp8,
+            true,
+            &layered(Layer::Low, 100),
+            Layer::Low,
+            all_layers(),
+            start,
+        );
+        assert_eq!(first.map(|n| n.sequence), Some(100));
+        leg.take_switch();
+
+        leg.set_wish(Layer::High);
+        assert_eq!(leg.keyframe_wanted(all_layers()), Some(Layer::High));
+        // Until a keyframe of `h` comes, `l` goes on and `h`'s other packets stay back.
+        let high_delta = leg.admit(
+            Codec::Vp8,
+            false,
+            &layered(Layer::High, 700),
+            Layer::High,
+            all_layers(),
+            start,
+        );
+        assert_eq!(high_delta, None);
+        let low = leg.admit(
+            Codec::Vp8,
+            false,
+            &layered(Layer::Low, 101),
+            Layer::Low,
+            all_layers(),
+            start,
+        );
+        assert_eq!(low.map(|n| n.sequence), Some(101));
+
+        let later = start + Duration::from_millis(100);
+        let switched = leg
+            .admit(
+                Codec::Vp8,
+                true,
+                &layered(Layer::High, 701),
+                Layer::High,
+                all_layers(),
+                later,
+            )
+            .expect("the keyframe of the wished layer switches");
+        assert_eq!(
+            (switched.sequence, switched.ssrc),
+            (102, 0xabcd),
+            "no gap, one SSRC"
+        );
+        // The timestamp moved on by the 100 ms that passed, whatever `h`'s own clock says.
+        assert_eq!(switched.timestamp, 1_000 + 9_000);
+        assert_eq!(leg.take_switch(), Some(Layer::High));
+        let old = leg.admit(
+            Codec::Vp8,
+            false,
+            &layered(Layer::Low, 102),
+            Layer::Low,
+            all_layers(),
+            later,
+        );
+        assert_eq!(old, None, "the old layer stops at the switch");
+        let next = leg.admit(
+            Codec::Vp8,
+            false,
+            &layered(Layer::High, 702),
+            Layer::High,
+            all_layers(),
+            later,
+        );
+        assert_eq!(next.map(|n| n.sequence), Some(103));
+    }
+
+    #[test]
+    fn a_layer_that_stops_arriving_gives_way_to_the_next_best() {
+        let mut leg = video_leg();
+        let now = Instant::now();
+        leg.admit(
+            Codec::Vp8,
+            true,
+            &layered(Layer::High, 1),
+            Layer::High,
+            all_layers(),
+            now,
+        );
+        leg.take_switch();
+        // The publisher paused `h`: the leg wants `m`'s keyframe and takes it.
+        let without_high: Layers = [Layer::Low, Layer::Medium].into_iter().collect();
+        assert_eq!(leg.keyframe_wanted(without_high), Some(Layer::Medium));
+        let medium = leg.admit(
+            Codec::Vp8,
+            true,
+            &layered(Layer::Medium, 40),
+            Layer::Medium,
+            without_high,
+            now,
+        );
+        assert_eq!(medium.map(|n| n.sequence), Some(2));
+        assert_eq!(leg.take_switch(), Some(Layer::Medium));
+    }
+
+    #[test]
+    fn audio_has_no_layers_to_wait_for() {
+        let mut leg = DownTrack::new(1, MediaKind::Audio);
+        leg.set_payload_types(vec![(Codec::Opus, 111)]);
+        assert_eq!(leg.keyframe_wanted(single()), None);
+        let sent = leg.admit(
+            Codec::Opus,
+            false,
+            &header(5, 1, 960),
+            Layer::High,
+            single(),
+            Instant::now(),
+        );
+        assert!(sent.is_some());
+        assert_eq!(leg.take_switch(), None);
     }
 }

@@ -29,6 +29,7 @@ use shared::{PeerId, TrackId};
 use crate::media::codec::MediaKind;
 use crate::media::engine::{EndpointEvent, EndpointReport, Reports, RoomKey};
 use crate::media::setup;
+use crate::media::simulcast::Layer;
 use crate::telemetry;
 
 /// A published track on a worker.
@@ -47,6 +48,9 @@ pub struct Endpoint {
     pub incoming: HashMap<String, PublicationKey>,
     /// Others' tracks this endpoint sends to its client.
     pub subscriptions: BTreeMap<TrackId, Subscribed>,
+    /// The simulcast layer the client wishes for, by track (`setTargetTrackVariant`), also
+    /// for tracks it does not receive yet.
+    pub wishes: HashMap<TrackId, Layer>,
     /// Mids of tracks this endpoint stopped sending: the answer keeps naming them.
     pub stopped: BTreeMap<String, TrackId>,
     /// The client's candidates that came before its first offer.
@@ -120,6 +124,7 @@ impl Endpoint {
             published: BTreeMap::new(),
             incoming: HashMap::new(),
             subscriptions: BTreeMap::new(),
+            wishes: HashMap::new(),
             stopped: BTreeMap::new(),
             early_candidates: Vec::new(),
             connected: false,

@@ -21,6 +21,7 @@ use crate::limits::{Quota, QuotaGuard};
 use crate::media::addresses::machine_addresses;
 use crate::media::codec::MediaKind;
 use crate::media::demux::EndpointKey;
+use crate::media::simulcast::Layer;
 use crate::media::worker::{self, WorkerSettings};
 use crate::ports::bind_udp_and_tcp;
 use crate::Config;
@@ -51,6 +52,12 @@ pub(crate) enum Command {
     },
     RemoveEndpoint {
         key: EndpointKey,
+    },
+    /// The client wishes to receive `track_id` in simulcast layer `layer`.
+    SetWish {
+        key: EndpointKey,
+        track_id: TrackId,
+        layer: Layer,
     },
     /// The test hook: panic while handling this endpoint's command.
     Panic {
@@ -87,6 +94,11 @@ pub enum EndpointEvent {
     },
     Candidate(String),
     Failed(String),
+    /// The endpoint now receives `track_id` (a subscription) in simulcast layer `layer`.
+    LayerSwitched {
+        track_id: TrackId,
+        layer: Layer,
+    },
     /// One of the endpoint's audio tracks began (`speaking`) or stopped carrying speech. At
     /// most a few a second per track: [`super::voice`] holds each state for a while.
     VoiceActivity {
@@ -408,6 +420,15 @@ impl EndpointHandle {
         self.send(Command::RemoteCandidate {
             key: self.key,
             candidate,
+        })
+    }
+
+    /// The client wishes to receive `track_id` in simulcast `layer` (when it is arriving).
+    pub fn set_wish(&self, track_id: TrackId, layer: Layer) -> Result<(), EndpointBusy> {
+        self.send(Command::SetWish {
+            key: self.key,
+            track_id,
+            layer,
         })
     }
 

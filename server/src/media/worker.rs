@@ -44,6 +44,7 @@ use crate::media::endpoint::{self, Endpoint, PublicationKey, Subscribed};
 use crate::media::engine::{
     Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription,
 };
+use crate::media::simulcast::{Incoming, Layer, Layers};
 use crate::media::tcp::{TcpFrame, TcpFrames, TcpLinks};
 use crate::media::udp::MediaSocket;
 use crate::media::voice::{self, VoiceActivity};
@@ -272,10 +273,13 @@ struct Publication {
     kind: MediaKind,
     /// The codec the publisher sends in, once its answer settled it.
     codec: Option<Codec>,
-    /// The publisher's receiver and the SSRC its packets came with, once they came.
-    receiver: Option<(RTCRtpReceiverId, u32)>,
+    /// The publisher's receiver, once packets came.
+    receiver: Option<RTCRtpReceiverId>,
+    /// The layers the packets come in (one, without simulcast), by SSRC.
+    incoming: Incoming,
     legs: Vec<Leg>,
-    keyframe_wanted: bool,
+    /// The layers to ask the publisher for a keyframe of.
+    keyframe_wanted: Layers,
     last_keyframe_request: Option<Instant>,
     /// An audio track's voice activity, once its publisher's answer gave the audio-level
     /// extension an id.
@@ -299,6 +303,15 @@ struct Leg {
 impl Publication {
     fn codec(&self) -> Codec {
         self.codec.unwrap_or_else(|| Codec::usual(self.kind))
+    }
+
+    /// The layer `subscriber`'s leg wants a keyframe of: the one it waits for to start or
+    /// switch, or else (the subscriber asked for one) the one it forwards.
+    fn keyframe_layer(&self, subscriber: EndpointKey, now: Instant) -> Option<Layer> {
+        let leg = self.legs.iter().find(|leg| leg.subscriber == subscriber)?;
+        leg.down_track
+            .keyframe_wanted(self.incoming.arriving(now))
+            .or(leg.down_track.current())
     }
 }
 
@@ -377,6 +390,7 @@ impl Media {
             | Command::Negotiate { key, .. }
             | Command::RemoteCandidate { key, .. }
             | Command::RemoveEndpoint { key }
+            | Command::SetWish { key, .. }
             | Command::Panic { key } => *key,
             Command::Stop => return,
         };
@@ -423,6 +437,11 @@ impl Media {
                 }
             }
             Command::RemoveEndpoint { key } => media.remove_endpoint(key),
+            Command::SetWish {
+                key,
+                track_id,
+                layer,
+            } => media.set_wish(key, track_id, layer),
             Command::Panic { key } => panic!("test hook: a panic in media endpoint {key}"),
             Command::Stop => {}
         });
@@ -499,7 +518,7 @@ impl Media {
         }
 
         self.learn_published_codecs(key, &sdp);
-        let sending = self.start_sending(key);
+        let sending = self.start_sending(key, now);
         let endpoint = self.endpoints.get_mut(&key).expect("checked above");
         endpoint.report(EndpointEvent::Answer { sdp, sending });
         if !endpoint.connected {
@@ -536,8 +555,9 @@ impl Media {
                             kind: *kind,
                             codec: None,
                             receiver: None,
+                            incoming: Incoming::default(),
                             legs: Vec::new(),
-                            keyframe_wanted: false,
+                            keyframe_wanted: Layers::default(),
                             last_keyframe_request: None,
                             voice: None,
                         },
@@ -631,6 +651,30 @@ impl Media {
         Ok(())
     }
 
+    /// Notes the layer the client of `key` wishes for `track_id`, and gives it to the leg if
+    /// there is one (the leg moves at the layer's next keyframe).
+    fn set_wish(&mut self, key: EndpointKey, track_id: TrackId, layer: Layer) {
+        let Some(endpoint) = self.endpoints.get_mut(&key) else {
+            return;
+        };
+        let publication = endpoint
+            .subscriptions
+            .get(&track_id)
+            .map(|subscribed| subscribed.publication);
+        endpoint.wishes.insert(track_id, layer);
+        let leg = publication
+            .and_then(|publication| self.publications.get_mut(&publication))
+            .and_then(|publication| {
+                publication
+                    .legs
+                    .iter_mut()
+                    .find(|leg| leg.subscriber == key)
+            });
+        if let Some(leg) = leg {
+            leg.down_track.set_wish(layer);
+        }
+    }
+
     fn unsubscribe(&mut self, key: EndpointKey, track_id: &TrackId) {
         let Some(endpoint) = self.endpoints.get_mut(&key) else {
             return;
@@ -686,10 +730,11 @@ impl Media {
 
     /// After an answer: learns each subscription's mid and payload types and starts forwarding
     /// to new ones. Returns what the answer sends, by mid.
-    fn start_sending(&mut self, key: EndpointKey) -> BTreeMap<String, TrackId> {
+    fn start_sending(&mut self, key: EndpointKey, now: Instant) -> BTreeMap<String, TrackId> {
         let mut unplaced = Vec::new();
         let endpoint = self.endpoints.get_mut(&key).expect("the caller checked it");
         let connected = endpoint.connected;
+        let wishes = &endpoint.wishes;
         for (track_id, subscribed) in &mut endpoint.subscriptions {
             let mid = endpoint
                 .pc
@@ -732,6 +777,9 @@ impl Media {
                 None => {
                     let mut down_track = DownTrack::new(subscribed.ssrc, subscribed.kind);
                     down_track.set_payload_types(payload_types);
+                    if let Some(&wish) = wishes.get(track_id) {
+                        down_track.set_wish(wish);
+                    }
                     publication.legs.push(Leg {
                         subscriber: key,
                         sender: subscribed.sender,
@@ -741,11 +789,14 @@ impl Media {
                     // connection is up, else when it comes up (a keyframe sent before would be
                     // lost, and the request throttle would delay the one that counts).
                     if connected {
-                        want_keyframe(
-                            &mut self.keyframes_wanted,
-                            subscribed.publication,
-                            publication,
-                        );
+                        if let Some(layer) = publication.keyframe_layer(key, now) {
+                            want_keyframe(
+                                &mut self.keyframes_wanted,
+                                subscribed.publication,
+                                publication,
+                                layer,
+                            );
+                        }
                     }
                 }
             }
@@ -834,8 +885,11 @@ impl Media {
         true
     }
 
-    /// Takes in everything the connection of `key` has for the application after an input.
+    /// Takes in everything the connection of `key` has for the application after an input:
+    /// its events first (a track's first packet comes with the event that says which track
+    /// and simulcast layer it is), then its packets.
     fn after_input(&mut self, key: EndpointKey, now: Instant) {
+        self.take_events(key, now);
         loop {
             let Some(endpoint) = self.endpoints.get_mut(&key) else {
                 return;
@@ -858,29 +912,45 @@ impl Media {
                     let asks = packets
                         .iter()
                         .any(|packet| setup::is_keyframe_request(packet.as_ref()));
-                    if let (Some(key), true) = (publication, asks) {
-                        if let Some(publication) = self.publications.get_mut(&key) {
-                            want_keyframe(&mut self.keyframes_wanted, key, publication);
+                    if let (Some(publication_key), true) = (publication, asks) {
+                        if let Some(publication) = self.publications.get_mut(&publication_key) {
+                            if let Some(layer) = publication.keyframe_layer(key, now) {
+                                want_keyframe(
+                                    &mut self.keyframes_wanted,
+                                    publication_key,
+                                    publication,
+                                    layer,
+                                );
+                            }
                         }
                     }
                 }
                 _ => {}
             }
         }
-        while let Some(event) = self
-            .endpoints
-            .get_mut(&key)
-            .and_then(|endpoint| endpoint.pc.poll_event())
-        {
-            self.on_connection_event(key, event);
-        }
+        self.take_events(key, now);
         if let Some(endpoint) = self.endpoints.get_mut(&key) {
             endpoint.timer = endpoint.pc.poll_timeout();
             Self::mark_dirty(&mut self.dirty, key, endpoint);
         }
     }
 
-    fn on_connection_event(&mut self, key: EndpointKey, event: RTCPeerConnectionEvent) {
+    fn take_events(&mut self, key: EndpointKey, now: Instant) {
+        while let Some(event) = self
+            .endpoints
+            .get_mut(&key)
+            .and_then(|endpoint| endpoint.pc.poll_event())
+        {
+            self.on_connection_event(key, event, now);
+        }
+    }
+
+    fn on_connection_event(
+        &mut self,
+        key: EndpointKey,
+        event: RTCPeerConnectionEvent,
+        now: Instant,
+    ) {
         let Some(endpoint) = self.endpoints.get_mut(&key) else {
             return;
         };
@@ -898,8 +968,12 @@ impl Media {
                 };
                 endpoint.incoming.insert(init.track_id, publication);
                 if let Some(publication) = self.publications.get_mut(&publication) {
-                    publication.receiver = Some((init.receiver_id, init.ssrc));
-                    tracing::debug!(peer = %endpoint.peer_id, track = %publication.track_id, "forwarding");
+                    // One event per simulcast layer, each with its rid and SSRC.
+                    publication.receiver = Some(init.receiver_id);
+                    publication
+                        .incoming
+                        .bind(init.rid.as_deref(), init.ssrc, now);
+                    tracing::debug!(peer = %endpoint.peer_id, track = %publication.track_id, rid = ?init.rid, "forwarding");
                 }
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -912,9 +986,16 @@ impl Media {
                         .values()
                         .map(|subscribed| subscribed.publication)
                         .collect();
-                    for key in publications {
-                        if let Some(publication) = self.publications.get_mut(&key) {
-                            want_keyframe(&mut self.keyframes_wanted, key, publication);
+                    for publication_key in publications {
+                        if let Some(publication) = self.publications.get_mut(&publication_key) {
+                            if let Some(layer) = publication.keyframe_layer(key, now) {
+                                want_keyframe(
+                                    &mut self.keyframes_wanted,
+                                    publication_key,
+                                    publication,
+                                    layer,
+                                );
+                            }
                         }
                     }
                 }
@@ -962,10 +1043,14 @@ impl Media {
         if publication.legs.is_empty() {
             return;
         }
+        let Some(layer) = publication.incoming.layer_of(packet.header.ssrc, now) else {
+            return; // a layer the publisher did not name
+        };
+        let arriving = publication.incoming.arriving(now);
         let keyframe =
             publication.kind == MediaKind::Video && codec.starts_keyframe(&packet.payload);
         let mut sent = 0;
-        let mut waiting = false;
+        let mut waiting = Layers::default();
         for leg in &mut publication.legs {
             let Some(subscriber) = self.endpoints.get_mut(&leg.subscriber) else {
                 continue;
@@ -975,8 +1060,21 @@ impl Media {
             if !subscriber.connected {
                 continue;
             }
-            let Some(numbers) = leg.down_track.admit(codec, keyframe, &packet.header, now) else {
-                waiting |= leg.down_track.waits_for_keyframe();
+            let admitted =
+                leg.down_track
+                    .admit(codec, keyframe, &packet.header, layer, arriving, now);
+            if let Some(goal) = leg.down_track.keyframe_wanted(arriving) {
+                waiting = waiting.with(goal);
+            }
+            if let Some(switched) = leg.down_track.take_switch() {
+                if publication.incoming.is_simulcast() {
+                    subscriber.report(EndpointEvent::LayerSwitched {
+                        track_id: publication.track_id.clone(),
+                        layer: switched,
+                    });
+                }
+            }
+            let Some(numbers) = admitted else {
                 continue;
             };
             let copy = rtp::Packet {
@@ -991,10 +1089,10 @@ impl Media {
             }
             Self::mark_dirty(&mut self.dirty, leg.subscriber, subscriber);
         }
-        if waiting {
-            // A subscriber still waits for a keyframe: keep asking (at most once an interval),
-            // in case the answer to the first request was lost.
-            want_keyframe(&mut self.keyframes_wanted, key, publication);
+        // Subscribers still wait for keyframes: keep asking (at most once an interval), in
+        // case the answer to the first request was lost.
+        for layer in waiting.iter() {
+            want_keyframe(&mut self.keyframes_wanted, key, publication, layer);
         }
         self.counters.forwarded_packets.increment(sent);
         self.counters
@@ -1002,7 +1100,8 @@ impl Media {
             .increment(sent * packet.payload.len() as u64);
     }
 
-    /// Sends the keyframe requests that are due: one PLI per publication and interval.
+    /// Sends the keyframe requests that are due: a PLI for each wanted layer, at most once per
+    /// publication and interval.
     fn send_keyframe_requests(&mut self, now: Instant) {
         let mut index = 0;
         while index < self.keyframes_wanted.len() {
@@ -1014,24 +1113,31 @@ impl Media {
             let due = publication
                 .last_keyframe_request
                 .is_none_or(|last| now >= last + KEYFRAME_REQUEST_INTERVAL);
-            let Some((receiver, ssrc)) = publication.receiver.filter(|_| due) else {
+            let Some(receiver) = publication.receiver.filter(|_| due) else {
                 // Not due yet, or no packet came yet to ask about: later.
                 index += 1;
                 continue;
             };
             self.keyframes_wanted.swap_remove(index);
-            publication.keyframe_wanted = false;
+            let layers = std::mem::take(&mut publication.keyframe_wanted);
             publication.last_keyframe_request = Some(now);
             let Some(publisher) = self.endpoints.get_mut(&publication.publisher) else {
                 continue;
             };
-            let pli = PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc: ssrc,
-            };
+            let plis: Vec<Box<dyn rtc::rtcp::Packet>> = layers
+                .iter()
+                .filter_map(|layer| publication.incoming.ssrc(layer))
+                .map(|ssrc| {
+                    Box::new(PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: ssrc,
+                    }) as Box<dyn rtc::rtcp::Packet>
+                })
+                .collect();
+            let count = plis.len() as u64;
             if let Some(mut receiver) = publisher.pc.rtp_receiver(receiver) {
-                match receiver.write_rtcp(now, vec![Box::new(pli)]) {
-                    Ok(()) => self.counters.keyframe_requests.increment(1),
+                match receiver.write_rtcp(now, plis) {
+                    Ok(()) => self.counters.keyframe_requests.increment(count),
                     Err(err) => tracing::debug!(%err, "keyframe request not sent"),
                 }
             }
@@ -1109,16 +1215,20 @@ impl Media {
     }
 }
 
-/// Marks `publication` as wanting a keyframe from its publisher (video only).
+/// Marks `publication` as wanting a keyframe of `layer` from its publisher (video only).
 fn want_keyframe(
     wanted: &mut Vec<PublicationKey>,
     key: PublicationKey,
     publication: &mut Publication,
+    layer: Layer,
 ) {
-    if publication.kind == MediaKind::Video && !publication.keyframe_wanted {
-        publication.keyframe_wanted = true;
+    if publication.kind != MediaKind::Video || publication.keyframe_wanted.contains(layer) {
+        return;
+    }
+    if publication.keyframe_wanted.is_empty() {
         wanted.push(key);
     }
+    publication.keyframe_wanted = publication.keyframe_wanted.with(layer);
 }
 
 /// Answers `inactive` on receiving slots the client offered beyond what we send: an empty

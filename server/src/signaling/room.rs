@@ -12,12 +12,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use shared::client_event::{SdpOffer, UpdateTrackMetadata};
+use shared::client_event::{SdpOffer, SimulcastLayer, UpdateTrackMetadata};
 use shared::metadata;
 use shared::server_event::{
-    ChatHistory, ChatMessage, ErrorMessage, OfferData, PeerAccepted, PeerInfo, PeerJoined,
-    PeerLeft, PeerUpdated, PeerWithTracks, SdpAnswer, ServerCandidate, TrackUpdated, TracksAdded,
-    TracksRemoved, TracksTypes, VadNotification, VadStatus,
+    ChatHistory, ChatMessage, EncodingSwitched, ErrorMessage, OfferData, PeerAccepted, PeerInfo,
+    PeerJoined, PeerLeft, PeerUpdated, PeerWithTracks, SdpAnswer, ServerCandidate, TrackUpdated,
+    TracksAdded, TracksRemoved, TracksTypes, VadNotification, VadStatus,
 };
 use shared::{ClientEvent, Metadata, PeerId, RoomId, ServerEvent, TrackId};
 use thiserror::Error;
@@ -452,12 +452,41 @@ impl Room {
             ClientEvent::UpdateTrackMetadata(update) => self.update_track_metadata(peer_id, update),
             ClientEvent::ChatMessage(chat) => self.chat(peer_id, chat.text),
             ClientEvent::Join(_) => {}
-            ClientEvent::SetTargetTrackVariant(_)
-            | ClientEvent::PrioritizeTrack(_)
+            ClientEvent::SetTargetTrackVariant(wish) => {
+                if let Err(fault) = self.set_wish(peer_id, wish.track_id, wish.variant) {
+                    self.remove_peer(peer_id, Removal::Fault(fault));
+                }
+            }
+            ClientEvent::PrioritizeTrack(_)
             | ClientEvent::UnprioritizeTrack(_)
             | ClientEvent::PreferedVideoSizes(_) => {
-                // Without simulcast there is one layer per track to forward: nothing to choose.
-                tracing::debug!(peer = %peer_id, kind = event.kind(), "ignored: no simulcast");
+                // Layers follow each subscriber's wishes (`setTargetTrackVariant`) instead.
+                tracing::debug!(peer = %peer_id, kind = event.kind(), "ignored");
+            }
+        }
+    }
+
+    /// The peer wishes to receive another's video track in simulcast layer `layer`: its
+    /// endpoint moves to it at the layer's next keyframe, and says so (`encodingSwitched`).
+    fn set_wish(
+        &mut self,
+        peer_id: &PeerId,
+        track_id: TrackId,
+        layer: SimulcastLayer,
+    ) -> Result<(), PeerFault> {
+        let known = self
+            .tracks
+            .get(&track_id)
+            .is_some_and(|track| track.kind == MediaKind::Video && &track.owner != peer_id);
+        let endpoint = self
+            .peers
+            .get(peer_id)
+            .and_then(|peer| peer.endpoint.as_ref());
+        match endpoint {
+            Some(endpoint) if known => endpoint.set_wish(track_id, layer).map_err(PeerFault::from),
+            _ => {
+                tracing::debug!(peer = %peer_id, track = %track_id, "a layer wish for no video it can receive");
+                Ok(())
             }
         }
     }
@@ -754,6 +783,16 @@ impl Room {
             }
             EndpointEvent::Failed(reason) => {
                 self.remove_peer(peer_id, Removal::Fault(PeerFault(reason)))
+            }
+            EndpointEvent::LayerSwitched { track_id, layer } => {
+                if let Some(owner) = self.tracks.get(&track_id).map(|track| track.owner.clone()) {
+                    let switched = ServerEvent::EncodingSwitched(EncodingSwitched {
+                        peer_id: owner,
+                        track_id,
+                        encoding: layer,
+                    });
+                    self.push(peer_id, &switched);
+                }
             }
             EndpointEvent::VoiceActivity { track_id, speaking } => {
                 // A track gone meanwhile has nobody left to highlight.
