@@ -6,7 +6,7 @@
 //! derived from the number, so a receiver can tell loss, corruption and latency per track.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +46,7 @@ use webrtc::peer_connection::{
     RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
     RTCSessionDescription, SettingEngineBuilder,
 };
+use webrtc::rtp_transceiver::RtpTransceiver;
 
 /// What a synthetic peer publishes, and how.
 #[derive(Debug, Clone)]
@@ -68,6 +69,9 @@ pub struct PeerOptions {
     /// Relayed candidates only, through the UDP TURN servers of the first `offerData`, as the
     /// Membrane JS client connects.
     pub relay_only: bool,
+    /// Video in three simulcast layers (rids `l`, `m`, `h`, as a browser sends them), each with
+    /// its SSRC and numbering, its payloads tagged with the layer (see [`layer_of_number`]).
+    pub simulcast: bool,
 }
 
 impl PeerOptions {
@@ -83,6 +87,7 @@ impl PeerOptions {
             untyped_tracks: false,
             tcp_only: false,
             relay_only: false,
+            simulcast: false,
         }
     }
 
@@ -118,6 +123,15 @@ pub struct Received {
     pub nacked: Option<u64>,
     /// Packets that came again after a NACK.
     pub retransmitted: u64,
+    /// Video packets by the simulcast layer tagged in them (0 `l`, 1 `m`, 2 `h`; 2 also
+    /// without simulcast).
+    pub layers: BTreeMap<u64, u64>,
+    /// Each change of layer in what arrived: (the new layer, whether its first packet
+    /// started a keyframe).
+    pub layer_changes: Vec<(u64, bool)>,
+    /// Arrivals whose RTP sequence number was not the last one's plus one (a gap, or reordering).
+    pub sequence_breaks: u64,
+    last_sequence: Option<u16>,
 }
 
 impl Received {
@@ -285,10 +299,36 @@ impl SyntheticPeer {
 struct LocalTrack {
     id: TrackId,
     kind: RtpCodecKind,
-    ssrc: u32,
+    /// One, or three for simulcast video.
+    encodings: Vec<Encoding>,
     track: Arc<TrackLocalStaticRTP>,
     sent: Arc<Sent>,
-    keyframe_wanted: Arc<AtomicBool>,
+    /// The SSRCs the server asked for a keyframe of.
+    keyframes_wanted: Arc<Mutex<BTreeSet<u32>>>,
+    transceiver: Option<Arc<dyn RtpTransceiver>>,
+}
+
+/// One RTP stream of a local track.
+#[derive(Debug, Clone)]
+struct Encoding {
+    /// The simulcast rid, if the track is sent in layers.
+    rid: Option<&'static str>,
+    ssrc: u32,
+    /// The layer number tagged in the payloads: 0 `l`, 1 `m`, 2 `h` (or the only one).
+    layer: u64,
+    /// RTP payload bytes of one video packet.
+    packet_size: usize,
+}
+
+/// The simulcast layers a synthetic publisher sends: rid, layer number and video packet size.
+const SIMULCAST_LAYERS: [(&str, u64, usize); 3] = [("l", 0, 300), ("m", 1, 600), ("h", 2, 1000)];
+
+/// Where a payload's packet number keeps its layer: the top 16 bits.
+const LAYER_SHIFT: u32 = 48;
+
+/// The simulcast layer tagged in a generated packet number.
+pub fn layer_of_number(number: u64) -> u64 {
+    number >> LAYER_SHIFT
 }
 
 /// The peer's task: the socket, the peer connection and the media it sends.
@@ -409,7 +449,25 @@ impl Client {
             .map(|(_, kind)| kind)
         {
             let id = TrackId::new(peer_id, uuid::Uuid::new_v4());
-            let ssrc = rand::random::<u32>();
+            let encodings: Vec<Encoding> = if kind == RtpCodecKind::Video && self.options.simulcast
+            {
+                SIMULCAST_LAYERS
+                    .iter()
+                    .map(|&(rid, layer, packet_size)| Encoding {
+                        rid: Some(rid),
+                        ssrc: rand::random(),
+                        layer,
+                        packet_size,
+                    })
+                    .collect()
+            } else {
+                vec![Encoding {
+                    rid: None,
+                    ssrc: rand::random(),
+                    layer: 2,
+                    packet_size: self.options.video_packet_size,
+                }]
+            };
             // One stream for the peer's audio and video, as a browser's getUserMedia gives.
             let mime = if kind == RtpCodecKind::Audio {
                 Codec::Opus.mime()
@@ -417,16 +475,17 @@ impl Client {
                 Codec::Vp8.mime()
             };
             let codec = codec(mime).expect("Opus and VP8 are registered");
-            let track = rtp_track(peer_id.to_string(), id.to_string(), kind, ssrc, codec);
+            let track = rtp_track(peer_id.to_string(), id.to_string(), kind, &encodings, codec);
             let sent = Arc::new(Sent::default());
             self.lock().published.insert(id.clone(), sent.clone());
             self.local.push(LocalTrack {
                 id,
                 kind,
-                ssrc,
+                encodings,
                 track,
                 sent,
-                keyframe_wanted: Arc::new(AtomicBool::new(false)),
+                keyframes_wanted: Arc::default(),
+                transceiver: None,
             });
         }
     }
@@ -556,18 +615,25 @@ impl Client {
         .build()
         .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        for local in &self.local {
+        for local in &mut self.local {
             let init = RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Sendonly,
                 streams: vec![],
                 send_encodings: vec![],
             };
-            pc.add_transceiver_from_track(local.track.clone(), Some(init))
+            let transceiver = pc
+                .add_transceiver_from_track(local.track.clone(), Some(init))
                 .await?;
+            local.transceiver = Some(transceiver);
             self.tasks.push(tokio::spawn(watch_keyframe_requests(
                 local.track.clone(),
                 local.sent.clone(),
-                local.keyframe_wanted.clone(),
+                local.keyframes_wanted.clone(),
+                local
+                    .encodings
+                    .iter()
+                    .map(|encoding| encoding.ssrc)
+                    .collect(),
             )));
         }
         self.pc = Some((pc, event_rx));
@@ -594,15 +660,25 @@ impl Client {
         }
         if first {
             for local in &self.local {
-                self.tasks.push(tokio::spawn(send_media(
-                    local.kind,
-                    local.ssrc,
-                    local.track.clone(),
-                    local.sent.clone(),
-                    local.keyframe_wanted.clone(),
-                    self.audio_level.clone(),
-                    self.options.clone(),
-                )));
+                let extensions = simulcast_extensions(local).await?;
+                for encoding in &local.encodings {
+                    let mut extensions = extensions.clone();
+                    if let (Some(rid), Some((id, _))) = (encoding.rid, extensions.get(1).cloned()) {
+                        extensions[1] = (id, Bytes::from_static(rid.as_bytes()));
+                    }
+                    self.tasks.push(tokio::spawn(send_media(
+                        local.kind,
+                        encoding.clone(),
+                        extensions,
+                        local.track.clone(),
+                        Senders {
+                            sent: local.sent.clone(),
+                            keyframes_wanted: local.keyframes_wanted.clone(),
+                            audio_level: self.audio_level.clone(),
+                        },
+                        self.options.clone(),
+                    )));
+                }
             }
         }
         Ok(())
@@ -678,19 +754,70 @@ async fn transceiver_kind(
 async fn watch_keyframe_requests(
     track: Arc<TrackLocalStaticRTP>,
     sent: Arc<Sent>,
-    keyframe_wanted: Arc<AtomicBool>,
+    keyframes_wanted: Arc<Mutex<BTreeSet<u32>>>,
+    ssrcs: Vec<u32>,
 ) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            if packets
+            for packet in packets
                 .iter()
-                .any(|packet| is_keyframe_request(packet.as_ref()))
+                .filter(|packet| is_keyframe_request(packet.as_ref()))
             {
                 sent.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                keyframe_wanted.store(true, Ordering::Relaxed);
+                let named = packet.destination_ssrc();
+                let mut wanted = keyframes_wanted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                wanted.extend(ssrcs.iter().filter(|ssrc| named.contains(ssrc)));
+                if ssrcs.len() == 1 {
+                    // One stream: any request is for it.
+                    wanted.extend(&ssrcs);
+                }
             }
         }
     }
+}
+
+/// The mid and rid header extensions (ids and values; the rid is set per layer) that a
+/// simulcast track's packets must carry for the server to tell its layers apart; none for
+/// other tracks.
+async fn simulcast_extensions(local: &LocalTrack) -> anyhow::Result<Vec<(u8, Bytes)>> {
+    let Some(transceiver) = local
+        .transceiver
+        .as_ref()
+        .filter(|_| local.encodings.len() > 1)
+    else {
+        return Ok(Vec::new());
+    };
+    let mid = transceiver
+        .mid()
+        .await?
+        .context("a negotiated track has a mid")?;
+    let sender = transceiver
+        .sender()
+        .await?
+        .context("a sending transceiver")?;
+    let parameters = sender.get_parameters().await?;
+    let id = |uri: &str| {
+        parameters
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|extension| extension.uri == uri)
+            .and_then(|extension| u8::try_from(extension.id).ok())
+            .with_context(|| format!("the answer did not accept {uri}"))
+    };
+    Ok(vec![
+        (id(rtc::sdp::extmap::SDES_MID_URI)?, Bytes::from(mid)),
+        (id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI)?, Bytes::new()),
+    ])
+}
+
+/// What the sending task of one stream shares with the peer.
+struct Senders {
+    sent: Arc<Sent>,
+    keyframes_wanted: Arc<Mutex<BTreeSet<u32>>>,
+    audio_level: Arc<AtomicU8>,
 }
 
 const OPUS_FRAME: Duration = Duration::from_millis(20);
@@ -735,13 +862,18 @@ pub fn check_body(body: &[u8]) -> Option<(u64, u64)> {
 /// Sends generated media on one track until the task is aborted.
 async fn send_media(
     kind: RtpCodecKind,
-    ssrc: u32,
+    encoding: Encoding,
+    extensions: Vec<(u8, Bytes)>,
     track: Arc<TrackLocalStaticRTP>,
-    sent: Arc<Sent>,
-    keyframe_wanted: Arc<AtomicBool>,
-    audio_level: Arc<AtomicU8>,
+    senders: Senders,
     options: PeerOptions,
 ) {
+    let Senders {
+        sent,
+        keyframes_wanted,
+        audio_level,
+    } = senders;
+    let ssrc = encoding.ssrc;
     let video = kind == RtpCodecKind::Video;
     let (interval, clock_step) = if video {
         let interval = Duration::from_secs(1) / options.video_fps.max(1);
@@ -752,7 +884,7 @@ async fn send_media(
     let mut ticker = tokio::time::interval(interval);
     let mut sequence_number: u16 = rand::random();
     let mut timestamp: u32 = rand::random();
-    let mut number: u64 = 0;
+    let mut number: u64 = encoding.layer << LAYER_SHIFT;
     let mut last_keyframe: Option<Instant> = None;
     loop {
         ticker.tick().await;
@@ -761,8 +893,12 @@ async fn send_media(
         } else {
             1
         };
+        let asked = keyframes_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ssrc);
         let keyframe = video
-            && (keyframe_wanted.swap(false, Ordering::Relaxed)
+            && (asked
                 || last_keyframe.is_none_or(|last| last.elapsed() >= options.keyframe_interval));
         if keyframe {
             last_keyframe = Some(Instant::now());
@@ -773,10 +909,7 @@ async fn send_media(
                 // VP8 descriptor: S bit on the first packet of the frame, partition 0; then the
                 // frame header's inverse key bit.
                 let mut payload = vec![if index == 0 { 0x10 } else { 0x00 }, u8::from(!keyframe)];
-                payload.extend(payload_body(
-                    number,
-                    options.video_packet_size.saturating_sub(2),
-                ));
+                payload.extend(payload_body(number, encoding.packet_size.saturating_sub(2)));
                 (Codec::Vp8.payload_type(), payload)
             } else {
                 (
@@ -784,7 +917,7 @@ async fn send_media(
                     payload_body(number, OPUS_PAYLOAD),
                 )
             };
-            let packet = rtp::Packet {
+            let mut packet = rtp::Packet {
                 header: rtp::Header {
                     version: 2,
                     marker: index + 1 == packets_per_frame,
@@ -796,6 +929,11 @@ async fn send_media(
                 },
                 payload: Bytes::from(payload),
             };
+            for (id, value) in &extensions {
+                if packet.header.set_extension(*id, value.clone()).is_err() {
+                    return;
+                }
+            }
             let written = if video {
                 track.write_rtp(packet).await
             } else {
@@ -825,6 +963,8 @@ struct Arrival<'a> {
     keyframe: bool,
     /// Its packet number and send time, when the payload is intact.
     checked: Option<(u64, u64)>,
+    /// Its RTP sequence number.
+    sequence: u16,
     /// Since the peer joined.
     now: Duration,
 }
@@ -842,6 +982,21 @@ fn account(state: &mut PeerState, track_id: &TrackId, arrival: Arrival<'_>) -> b
     }
     received.kind = arrival.kind;
     received.stream_id.clone_from(arrival.stream_id);
+    if received
+        .last_sequence
+        .is_some_and(|last| arrival.sequence != last.wrapping_add(1))
+    {
+        received.sequence_breaks += 1;
+    }
+    received.last_sequence = Some(arrival.sequence);
+    if let (Some(RtpCodecKind::Video), Some((number, _))) = (arrival.kind, arrival.checked) {
+        let layer = layer_of_number(number);
+        let last = received.layer_changes.last().map(|(layer, _)| *layer);
+        if last != Some(layer) {
+            received.layer_changes.push((layer, arrival.keyframe));
+        }
+        *received.layers.entry(layer).or_default() += 1;
+    }
     received.packets += 1;
     received.bytes += arrival.bytes as u64;
     received.first_packet.get_or_insert(arrival.now);
@@ -936,6 +1091,7 @@ async fn receive_track(
                         bytes: packet.payload.len(),
                         keyframe,
                         checked,
+                        sequence: packet.header.sequence_number,
                         now,
                     },
                 );
@@ -981,32 +1137,36 @@ impl PeerConnectionEventHandler for EventsToChannel {
     }
 }
 
-/// A local track to send RTP on, in `codec`, with its own SSRC: without an explicit SSRC the
-/// sender would pick one this track never learns, and without a codec the sender would not be
-/// bound to the interceptors (no NACK responses, no sender reports). Tracks with the same
-/// `stream_id` share an `a=msid` stream.
+/// A local track to send RTP on, in `codec`, with its own SSRC per encoding (three with rids
+/// for simulcast): without explicit SSRCs the sender would pick ones this track never learns,
+/// and without a codec the sender would not be bound to the interceptors (no NACK responses,
+/// no sender reports). Tracks with the same `stream_id` share an `a=msid` stream.
 fn rtp_track(
     stream_id: String,
     track_id: String,
     kind: RtpCodecKind,
-    ssrc: u32,
+    encodings: &[Encoding],
     codec: RTCRtpCodec,
 ) -> Arc<TrackLocalStaticRTP> {
-    let encoding = RTCRtpEncodingParameters {
-        rtp_coding_parameters: RTCRtpCodingParameters {
-            ssrc: Some(ssrc),
+    let encodings = encodings
+        .iter()
+        .map(|encoding| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: encoding.rid.unwrap_or_default().to_owned(),
+                ssrc: Some(encoding.ssrc),
+                ..Default::default()
+            },
+            active: true,
+            codec: codec.clone(),
             ..Default::default()
-        },
-        active: true,
-        codec,
-        ..Default::default()
-    };
+        })
+        .collect();
     Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         stream_id,
         track_id.clone(),
         track_id,
         kind,
-        vec![encoding],
+        encodings,
     )))
 }
 

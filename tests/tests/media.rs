@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use e2e::synthetic::{PeerOptions, PeerState, SyntheticPeer};
 use e2e::TestServer;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use shared::client_event::{SdpOffer, SdpType, SessionDescription};
+use shared::client_event::{
+    SdpOffer, SdpType, SessionDescription, SetTargetTrackVariant, SimulcastLayer,
+};
 use shared::server_event::{VadNotification, VadStatus};
 use shared::{ClientEvent, PeerId, ServerEvent, TrackId};
 
@@ -211,6 +213,127 @@ async fn the_room_hears_who_is_speaking_from_the_audio_level() -> anyhow::Result
     ann.leave().await;
     bob.leave().await;
     Ok(())
+}
+
+/// The `encodingSwitched` events a peer got about `track`, in order.
+fn switches(state: &PeerState, track: &TrackId) -> Vec<SimulcastLayer> {
+    state
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            ServerEvent::EncodingSwitched(switched) if &switched.track_id == track => {
+                Some(switched.encoding)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Packets of each simulcast layer (0 `l`, 1 `m`, 2 `h`) `receiver` has had of `track`.
+fn layer_counts(receiver: &SyntheticPeer, track: &TrackId) -> [u64; 3] {
+    receiver.state(|state| state.received.get(track).map_or([0; 3], layer_counts_of))
+}
+
+/// Ann publishes her video in three simulcast layers, each tagged in its payloads. Bob asks for
+/// `l` and then receives only `l`; asked for `h`, he is moved at an `h` keyframe, with RTP
+/// sequence numbers that run on without a gap; the server confirms each switch.
+#[tokio::test]
+async fn a_subscriber_gets_the_simulcast_layer_it_asks_for() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let ann = join(
+        &server,
+        "layers",
+        PeerOptions {
+            simulcast: true,
+            ..PeerOptions::publishing("Ann")
+        },
+    )
+    .await?;
+    let bob = join(&server, "layers", PeerOptions::receive_only("Bob")).await?;
+    let ann_tracks = published(&ann);
+    wait_for_media(&bob, &ann_tracks, ONE_SECOND).await?;
+    let video = bob
+        .state(|state| {
+            ann_tracks
+                .iter()
+                .find(|id| state.received[*id].kind == Some(RtpCodecKind::Video))
+                .cloned()
+        })
+        .expect("Bob receives Ann's video");
+    // Unasked, a subscriber gets the best layer.
+    bob.wait_until("the high layer, unasked", TIMEOUT, |state| {
+        switches(state, &video) == [SimulcastLayer::High]
+    })
+    .await?;
+
+    let wish = |layer| {
+        ClientEvent::SetTargetTrackVariant(SetTargetTrackVariant {
+            track_id: video.clone(),
+            variant: layer,
+        })
+    };
+    bob.push(wish(SimulcastLayer::Low));
+    let asked = Instant::now();
+    bob.wait_until("the switch to l", TIMEOUT, |state| {
+        switches(state, &video).last() == Some(&SimulcastLayer::Low)
+    })
+    .await?;
+    let to_low = asked.elapsed();
+    let at_switch = layer_counts(&bob, &video);
+    wait_for_media(&bob, std::slice::from_ref(&video), (0, ONE_SECOND.1)).await?;
+    let after = layer_counts(&bob, &video);
+    println!("l: switched {} ms after the wish; packets by layer then {at_switch:?}, a second later {after:?}", to_low.as_millis());
+    assert_eq!(
+        (after[1], after[2]),
+        (at_switch[1], at_switch[2]),
+        "only l comes after the switch to it"
+    );
+    assert!(
+        after[0] >= at_switch[0] + ONE_SECOND.1 / 2,
+        "l comes: {after:?}"
+    );
+
+    bob.push(wish(SimulcastLayer::High));
+    let asked = Instant::now();
+    bob.wait_until("the switch to h", TIMEOUT, |state| {
+        switches(state, &video).last() == Some(&SimulcastLayer::High)
+    })
+    .await?;
+    let to_high = asked.elapsed();
+    wait_for_media(&bob, std::slice::from_ref(&video), (0, ONE_SECOND.1)).await?;
+    let (changes, breaks, counts) = bob.state(|state| {
+        let received = &state.received[&video];
+        (
+            received.layer_changes.clone(),
+            received.sequence_breaks,
+            layer_counts_of(received),
+        )
+    });
+    println!(
+        "h: switched {} ms after the wish; layer changes {changes:?}, packets by layer {counts:?}",
+        to_high.as_millis()
+    );
+    assert_eq!(
+        changes.iter().map(|(layer, _)| *layer).collect::<Vec<_>>(),
+        [2, 0, 2],
+        "h, then l, then h"
+    );
+    assert!(
+        changes.iter().all(|(_, keyframe)| *keyframe),
+        "every layer starts at a keyframe: {changes:?}"
+    );
+    assert_eq!(
+        breaks, 0,
+        "the sequence numbers run on across both switches"
+    );
+    ann.leave().await;
+    bob.leave().await;
+    Ok(())
+}
+
+/// Packets by layer in one track's reception.
+fn layer_counts_of(received: &e2e::synthetic::Received) -> [u64; 3] {
+    [0, 1, 2].map(|layer| received.layers.get(&layer).copied().unwrap_or(0))
 }
 
 #[tokio::test]
