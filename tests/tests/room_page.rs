@@ -1104,7 +1104,7 @@ async fn a_shared_screen_appears_large_for_the_others_and_goes_when_stopped() ->
     finish(outcome, vec![("screens-ann", ann), ("screens-bob", bob)]).await
 }
 
-/// The Stats button shows each remote video's resolution, frame rate, bitrate and loss over
+/// The Stats button shows each remote video's resolution, frame rate, bitrate, loss and layer over
 /// its tile, read from the connection's statistics; a second click hides them.
 #[tokio::test]
 async fn the_stats_overlay_shows_what_each_remote_video_is_doing() -> anyhow::Result<()> {
@@ -1117,10 +1117,10 @@ async fn the_stats_overlay_shows_what_each_remote_video_is_doing() -> anyhow::Re
         let overlay = format!("{} .stats", remote_tile_css("Bob"));
         let shown = ann
             .wait_for(
-                "Bob's video figures with a bitrate",
+                "Bob's video figures with a bitrate and a layer",
                 &format!(
                     "(() => {{ const s = document.querySelector('{overlay}'); \
-                       return s && /^[1-9][0-9]*×[1-9][0-9]* · [0-9]+ fps · [0-9]+ kbit.s · [0-9.]+% lost$/.test(s.textContent) \
+                       return s && /^[1-9][0-9]*×[1-9][0-9]* · [0-9]+ fps · [0-9]+ kbit.s · [0-9.]+% lost · layer [lmh]$/.test(s.textContent) \
                          && s.textContent; }})()"
                 ),
                 JOIN_TIMEOUT,

@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 use metrics::Counter;
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
-    Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
+    Packet as InterceptorPacket, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
@@ -32,8 +32,8 @@ use crate::media::voice;
 const NACK_HISTORY: u16 = 256;
 
 /// The codecs and interceptors for one peer connection: webrtc-rs's defaults (NACK generator
-/// and responder, sender and receiver reports, transport-wide congestion control feedback,
-/// the simulcast header extensions) with a shorter NACK history, and ours that brings keyframe
+/// and responder, sender reports (not receiver reports: see below), transport-wide congestion
+/// control feedback, the simulcast and audio-level header extensions) with a shorter NACK history, and ours that brings keyframe
 /// requests to the application and counts the NACKs that arrive in `nacks`, if given (the
 /// server's connections count them; test peers do not).
 pub fn media_and_interceptors(
@@ -56,7 +56,14 @@ pub fn media_and_interceptors(
         )
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     let interceptors = configure_twcc_receiver_only(interceptors, &mut media)?;
-    let interceptors = configure_rtcp_reports(interceptors)
+    // Sender reports only, no receiver reports. A browser stops putting the mid and rid header
+    // extensions in a simulcast layer's packets once a receiver report acknowledges the layer's
+    // SSRC, and webrtc-rs 0.21 forgets which SSRC is which layer at every renegotiation
+    // (`start_rtp` sets the layers' tracks anew): it can only learn them again from those
+    // extensions, so after the first renegotiation the layers would be dropped. The browsers'
+    // congestion control runs on the transport-wide feedback, which goes on.
+    let interceptors = interceptors
+        .with(Slot::SenderReport, SenderReportBuilder::new().build())
         // Outermost, so the built-in interceptors (NACK responder, reports) see RTCP first.
         .with(
             Slot::from(14_000),
