@@ -789,14 +789,13 @@ impl Media {
                     // connection is up, else when it comes up (a keyframe sent before would be
                     // lost, and the request throttle would delay the one that counts).
                     if connected {
-                        if let Some(layer) = publication.keyframe_layer(key, now) {
-                            want_keyframe(
-                                &mut self.keyframes_wanted,
-                                subscribed.publication,
-                                publication,
-                                layer,
-                            );
-                        }
+                        want_leg_keyframe(
+                            &mut self.keyframes_wanted,
+                            subscribed.publication,
+                            publication,
+                            key,
+                            now,
+                        );
                     }
                 }
             }
@@ -914,14 +913,13 @@ impl Media {
                         .any(|packet| setup::is_keyframe_request(packet.as_ref()));
                     if let (Some(publication_key), true) = (publication, asks) {
                         if let Some(publication) = self.publications.get_mut(&publication_key) {
-                            if let Some(layer) = publication.keyframe_layer(key, now) {
-                                want_keyframe(
-                                    &mut self.keyframes_wanted,
-                                    publication_key,
-                                    publication,
-                                    layer,
-                                );
-                            }
+                            want_leg_keyframe(
+                                &mut self.keyframes_wanted,
+                                publication_key,
+                                publication,
+                                key,
+                                now,
+                            );
                         }
                     }
                 }
@@ -988,14 +986,13 @@ impl Media {
                         .collect();
                     for publication_key in publications {
                         if let Some(publication) = self.publications.get_mut(&publication_key) {
-                            if let Some(layer) = publication.keyframe_layer(key, now) {
-                                want_keyframe(
-                                    &mut self.keyframes_wanted,
-                                    publication_key,
-                                    publication,
-                                    layer,
-                                );
-                            }
+                            want_leg_keyframe(
+                                &mut self.keyframes_wanted,
+                                publication_key,
+                                publication,
+                                key,
+                                now,
+                            );
                         }
                     }
                 }
@@ -1212,6 +1209,20 @@ impl Media {
         for key in keys {
             self.remove_endpoint(key);
         }
+    }
+}
+
+/// Marks `publication` as wanting the keyframe `subscriber`'s leg needs (see
+/// [`Publication::keyframe_layer`]).
+fn want_leg_keyframe(
+    wanted: &mut Vec<PublicationKey>,
+    key: PublicationKey,
+    publication: &mut Publication,
+    subscriber: EndpointKey,
+    now: Instant,
+) {
+    if let Some(layer) = publication.keyframe_layer(subscriber, now) {
+        want_keyframe(wanted, key, publication, layer);
     }
 }
 
