@@ -115,12 +115,23 @@ pub async fn serve(
     tracing::debug!(%client, "socket opened");
     metrics::counter!(telemetry::SOCKETS_OPENED).increment(1);
     let mut deadline = Instant::now() + IDLE_TIMEOUT;
-    let close = loop {
+    let close = 'socket: loop {
         tokio::select! {
             message = stream.next() => {
                 deadline = Instant::now() + IDLE_TIMEOUT;
                 match message {
                     Some(Ok(Message::Text(text))) => {
+                        // The room's news already queued goes first: a removal it sent along
+                        // with an error must be known before the client's answer to that
+                        // error (a rejoin), which would otherwise reach the room as the removed
+                        // peer's and be dropped.
+                        while let Ok(delivery) = deliveries.try_recv() {
+                            match socket.deliver(delivery).await {
+                                Ok(None) => {}
+                                Ok(Some(close)) => break 'socket Some(close),
+                                Err(SocketGone) => break 'socket None,
+                            }
+                        }
                         if !socket.flood.take(Instant::now()) {
                             break Some(socket.flood_close());
                         }
