@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tower_http::compression::CompressionLayer;
+use tower_http::CompressionLevel;
 
 use crate::forwarded;
 use crate::origin;
@@ -45,7 +46,10 @@ pub fn router(config: &Config, rooms: Registry) -> Router {
         .route("/health", get(|| async { "ok" }))
         .merge(api)
         .merge(web_client::routes(config.static_dir.as_deref()))
-        .layer(CompressionLayer::new())
+        // Brotli 9 (gzip 9): the client's WebAssembly goes out in 230 KB instead of 249 KB at
+        // the default level, for about 45 ms of one core per download (10 and 11 save 16–23 KB
+        // more for 1.2–2.5 s).
+        .layer(CompressionLayer::new().quality(CompressionLevel::Precise(9)))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
