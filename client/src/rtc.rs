@@ -26,8 +26,8 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    MediaStream, MediaStreamTrack, RtcConfiguration, RtcIceCandidateInit, RtcIceConnectionState,
-    RtcIceServer, RtcIceTransportPolicy, RtcOfferOptions, RtcPeerConnection,
+    MediaStream, MediaStreamTrack, RtcBundlePolicy, RtcConfiguration, RtcIceCandidateInit,
+    RtcIceConnectionState, RtcIceServer, RtcIceTransportPolicy, RtcOfferOptions, RtcPeerConnection,
     RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcRtpEncodingParameters, RtcRtpTransceiver,
     RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType, RtcSessionDescriptionInit,
     RtcTrackEvent,
@@ -515,6 +515,14 @@ impl Session {
     /// Creates the peer connection with the local tracks on it, sending only.
     fn connect(&self, turn_servers: &[TurnServer]) -> Result<RtcPeerConnection, JsValue> {
         let config = RtcConfiguration::new();
+        // The server bundles everything on one transport: gathering for one is enough (the
+        // default gathers for each kind until the answer says so: twice the candidates, past
+        // the server's limit per offer on a machine with many interfaces). Not Firefox: its
+        // max-bundle offers mark the later m-lines `bundle-only` on port 0, which the server
+        // reads as stopped.
+        if !is_firefox() {
+            config.set_bundle_policy(RtcBundlePolicy::MaxBundle);
+        }
         let only_transport = ice_setting("videoroom.turnTransport");
         let turn_servers: Vec<&TurnServer> = turn_servers
             .iter()
@@ -545,7 +553,7 @@ impl Session {
                 let send_only = RtcRtpTransceiverInit::new();
                 send_only.set_direction(RtcRtpTransceiverDirection::Sendonly);
                 send_only.set_streams(&js_sys::Array::of1(stream));
-                if local.track_type == TrackType::Camera {
+                if local.track_type == TrackType::Camera && !is_firefox() {
                     send_only.set_send_encodings(&simulcast_encodings());
                 }
                 pc.add_transceiver_with_media_stream_track_and_init(&local.track, &send_only);
@@ -946,6 +954,16 @@ impl Inner {
         }
         self.dispatch.emit(RoomAction::Sharing(None));
     }
+}
+
+/// Firefox, which sends its camera as one encoding rather than in simulcast layers: its layers
+/// do not survive the server's switches between them (a Firefox subscriber stops decoding a
+/// Firefox publisher's video after one, likely because its VP8 picture ids run per layer where
+/// Chromium's are shared, and the server does not rewrite them yet).
+fn is_firefox() -> bool {
+    web_sys::window()
+        .and_then(|window| window.navigator().user_agent().ok())
+        .is_some_and(|agent| agent.contains("Firefox"))
 }
 
 /// The camera's three simulcast layers, as `membrane-webrtc-js` 0.3 sends them: rids `l`, `m`
