@@ -71,7 +71,7 @@ fn datagram(now: Instant, to: &str, from: &str, bytes: &[u8]) -> TaggedBytesMut 
 }
 
 fn peer_connection(lite: bool, at: &str, now: Instant) -> RTCPeerConnection {
-    let (media, interceptors) = media_and_interceptors(None).expect("videoroom's codecs register");
+    let (media, interceptors) = media_and_interceptors(None, None).expect("videoroom's codecs register");
     let mut settings = SettingEngineBuilder::new().with_lite(lite);
     if lite {
         // As the server's endpoints answer: the client opens DTLS.

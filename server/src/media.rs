@@ -7,13 +7,14 @@
 //!   publishers to subscribers;
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
 //! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`], on the
-//!   layer [`simulcast`] chooses;
+//!   layer [`simulcast`] chooses, held within the subscriber's downlink by [`allocation`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
 //!   [`setup`] the codecs and interceptors every peer connection uses; [`addresses`] the
 //!   machine's own addresses, candidates beside loopback; [`voice`] who is speaking, from
 //!   the audio level in each audio packet.
 
 mod addresses;
+pub(crate) mod allocation;
 pub mod codec;
 pub mod demux;
 pub mod down_track;

@@ -4,14 +4,16 @@
 //!
 //! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly,
 //! [`synthetic`] a WebRTC peer that publishes and counts media, and [`load`] runs many of those
-//! for the benchmark (`src/bin/loadgen.rs`); [`process`] runs the server as a process of its own,
-//! whose CPU and memory can be read from `/proc`.
+//! for the benchmark (`src/bin/loadgen.rs`); [`throttle`] narrows a synthetic peer's downlink;
+//! [`process`] runs the server as a process of its own, whose CPU and memory can be read from
+//! `/proc`.
 
 pub mod https;
 pub mod load;
 pub mod phoenix;
 pub mod process;
 pub mod synthetic;
+pub mod throttle;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 //! derived from the number, so a receiver can tell loss, corruption and latency per track.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,7 @@ use server::media::codec::Codec;
 use server::media::setup::{codec, is_keyframe_request, media_and_interceptors};
 
 use crate::phoenix::{Channel, PhoenixClient};
+use crate::throttle::Throttle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -72,6 +74,8 @@ pub struct PeerOptions {
     /// Video in three simulcast layers (rids `l`, `m`, `h`, as a browser sends them), each with
     /// its SSRC and numbering, its payloads tagged with the layer (see [`layer_of_number`]).
     pub simulcast: bool,
+    /// The media from the server comes through this narrowed link ([`Throttle`]).
+    pub downlink: Option<Throttle>,
 }
 
 impl PeerOptions {
@@ -88,6 +92,7 @@ impl PeerOptions {
             tcp_only: false,
             relay_only: false,
             simulcast: false,
+            downlink: None,
         }
     }
 
@@ -216,6 +221,7 @@ impl SyntheticPeer {
             pc: None,
             local: Vec::new(),
             pending_candidates: Vec::new(),
+            relays: BTreeMap::new(),
             tasks: Vec::new(),
         };
         client.push(join_event).await?;
@@ -347,6 +353,8 @@ struct Client {
     local: Vec<LocalTrack>,
     /// Server candidates that came before the answer.
     pending_candidates: Vec<String>,
+    /// The relay through [`PeerOptions::downlink`] to each server address.
+    relays: BTreeMap<SocketAddr, SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -571,7 +579,7 @@ impl Client {
     }
 
     async fn connect(&mut self, turn_servers: &[TurnServer]) -> anyhow::Result<()> {
-        let (media, interceptors) = media_and_interceptors(None)?;
+        let (media, interceptors) = media_and_interceptors(None, None)?;
         let (events, event_rx) = mpsc::unbounded_channel();
         let network = if self.options.tcp_only {
             rtc::ice::network_type::NetworkType::Tcp4
@@ -648,7 +656,15 @@ impl Client {
             .0
             .clone();
         self.lock().mid_to_track_id = answer.mid_to_track_id;
-        pc.set_remote_description(RTCSessionDescription::answer(answer.description.sdp)?)
+        let mut sdp = answer.description.sdp;
+        if self.options.downlink.is_some() {
+            // Only the trickled candidates, which go through the narrowed link.
+            sdp = sdp
+                .split_inclusive('\n')
+                .filter(|line| !line.starts_with("a=candidate"))
+                .collect();
+        }
+        pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
             .await?;
         let first = {
             let mut state = self.lock();
@@ -684,7 +700,14 @@ impl Client {
         Ok(())
     }
 
-    async fn add_candidate(&self, candidate: String) {
+    async fn add_candidate(&mut self, candidate: String) {
+        let candidate = match &self.options.downlink {
+            Some(throttle) => match self.through_relay(throttle.clone(), &candidate).await {
+                Some(relayed) => relayed,
+                None => return,
+            },
+            None => candidate,
+        };
         if let Some((pc, _)) = &self.pc {
             let init = RTCIceCandidateInit {
                 candidate,
@@ -693,6 +716,28 @@ impl Client {
             };
             let _ = pc.add_ice_candidate(init).await;
         }
+    }
+
+    /// A server candidate made to name the relay through `throttle` instead; `None` for one
+    /// the relay does not carry (TCP).
+    async fn through_relay(&mut self, throttle: Throttle, candidate: &str) -> Option<String> {
+        let mut fields: Vec<&str> = candidate.split_whitespace().collect();
+        if fields.len() < 6 || !fields[2].eq_ignore_ascii_case("udp") {
+            return None;
+        }
+        let server = SocketAddr::new(fields[4].parse().ok()?, fields[5].parse().ok()?);
+        let relay = match self.relays.get(&server) {
+            Some(relay) => *relay,
+            None => {
+                let relay = throttle.relay(server).await.ok()?;
+                self.relays.insert(server, relay);
+                relay
+            }
+        };
+        let (ip, port) = (relay.ip().to_string(), relay.port().to_string());
+        fields[4] = &ip;
+        fields[5] = &port;
+        Some(fields.join(" "))
     }
 
     async fn on_connection_event(&mut self, event: ConnectionEvent) -> anyhow::Result<()> {

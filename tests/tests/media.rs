@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use e2e::synthetic::{PeerOptions, PeerState, SyntheticPeer};
+use e2e::throttle::Throttle;
 use e2e::TestServer;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use shared::client_event::{
@@ -328,6 +329,108 @@ async fn a_subscriber_gets_the_simulcast_layer_it_asks_for() -> anyhow::Result<(
     );
     ann.leave().await;
     bob.leave().await;
+    Ok(())
+}
+
+/// Ann publishes three layers (about 150, 300 and 500 kbit/s). Bob's downlink passes a relay
+/// shaped like `tc tbf`; Carol's does not. Both start on `h`. Bob's link is narrowed to 300
+/// kbit/s: the server's congestion controller, on Bob's transport-wide feedback, moves him down
+/// to `l` within seconds, and he keeps receiving it; Carol stays on `h`. The link widens
+/// again: Bob is moved back up to `h`.
+#[tokio::test]
+async fn a_narrow_downlink_is_moved_down_to_the_low_layer_and_back_up() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let ann = join(
+        &server,
+        "narrow",
+        PeerOptions {
+            simulcast: true,
+            video_packets_per_frame: 2,
+            ..PeerOptions::publishing("Ann")
+        },
+    )
+    .await?;
+    let throttle = Throttle::default();
+    let bob = join(
+        &server,
+        "narrow",
+        PeerOptions {
+            downlink: Some(throttle.clone()),
+            ..PeerOptions::receive_only("Bob")
+        },
+    )
+    .await?;
+    let carol = join(&server, "narrow", PeerOptions::receive_only("Carol")).await?;
+    let ann_tracks = published(&ann);
+    wait_for_media(&bob, &ann_tracks, ONE_SECOND).await?;
+    wait_for_media(&carol, &ann_tracks, ONE_SECOND).await?;
+    let video = bob
+        .state(|state| {
+            ann_tracks
+                .iter()
+                .find(|id| state.received[*id].kind == Some(RtpCodecKind::Video))
+                .cloned()
+        })
+        .expect("Bob receives Ann's video");
+    for peer in [&bob, &carol] {
+        peer.wait_until("the high layer on a wide link", TIMEOUT, |state| {
+            switches(state, &video) == [SimulcastLayer::High]
+        })
+        .await?;
+    }
+    // A few seconds at h, so the estimate has feedback to stand on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    throttle.set_rate(Some(300_000));
+    let narrowed = Instant::now();
+    bob.wait_until("Bob moved down to l", Duration::from_secs(20), |state| {
+        switches(state, &video).last() == Some(&SimulcastLayer::Low)
+    })
+    .await?;
+    let stepped_down = narrowed.elapsed();
+    let at_low = layer_counts(&bob, &video);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = layer_counts(&bob, &video);
+    println!(
+        "narrowed to 300 kbit/s: Bob on l {} ms later; l packets in the next 3 s: {}; \
+         Bob's switches {:?}",
+        stepped_down.as_millis(),
+        later[0] - at_low[0],
+        bob.state(|state| switches(state, &video))
+    );
+    assert!(
+        later[0] >= at_low[0] + 2 * ONE_SECOND.1,
+        "Bob keeps receiving l on the narrow link: {at_low:?} then {later:?}"
+    );
+    let carol_switches = carol.state(|state| switches(state, &video));
+    assert_eq!(
+        carol_switches,
+        [SimulcastLayer::High],
+        "Carol's link is wide: she stays on h"
+    );
+
+    throttle.set_rate(None);
+    let widened = Instant::now();
+    bob.wait_until("Bob back up to h", Duration::from_secs(60), |state| {
+        switches(state, &video).last() == Some(&SimulcastLayer::High)
+    })
+    .await?;
+    println!(
+        "widened: Bob on h {} ms later; switches {:?}",
+        widened.elapsed().as_millis(),
+        bob.state(|state| switches(state, &video))
+    );
+    // (Which layer each packet came in is no test of the switches here: the packets lost on
+    // the narrow link are resent from before a switch, after it.)
+    let carol_received = layer_counts(&carol, &video);
+    assert_eq!(
+        (carol_received[0], carol_received[1]),
+        (0, 0),
+        "Carol received only h"
+    );
+    ann.leave().await;
+    bob.leave().await;
+    carol.leave().await;
     Ok(())
 }
 

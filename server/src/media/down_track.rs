@@ -1,7 +1,8 @@
 //! A down-track (LiveKit's word): one subscriber's copy of one published track. It owns what the
 //! subscriber's leg sends with — its SSRC, the payload type its answer gave the codec, and the
 //! sequence-number and timestamp rewrite of [`crate::media::rewrite`] — and the simulcast layer
-//! it forwards ([`crate::media::simulcast`]). Video starts, and moves to another layer, only at a
+//! it forwards ([`crate::media::simulcast`]): the best the subscriber wishes for and its
+//! downlink allows ([`crate::media::allocation`] sets that cap). Video starts, and moves to another layer, only at a
 //! keyframe of that layer, so the subscriber decodes from its first packet and across a switch
 //! with numbers that run on. Pure state: the worker that owns it hands it each packet's header,
 //! layer, the layers arriving, and the time.
@@ -50,6 +51,8 @@ pub struct DownTrack {
     payload_types: Vec<(Codec, u8)>,
     /// The layer the subscriber wishes for (`setTargetTrackVariant`; the best unless it said).
     wish: Layer,
+    /// The highest layer the subscriber's downlink estimate leaves room for.
+    cap: Layer,
     /// The layer being forwarded; `None` until the first packet (for video, keyframe) is.
     current: Option<Layer>,
     /// A video layer switched to and not yet reported.
@@ -64,6 +67,7 @@ impl DownTrack {
             kind,
             payload_types: Vec::new(),
             wish: Layer::High,
+            cap: Layer::High,
             current: None,
             switched: None,
             rewrite: Rewrite::default(),
@@ -80,13 +84,32 @@ impl DownTrack {
         self.wish = wish;
     }
 
-    /// The layer whose keyframe the leg waits for, to start or to switch to it, if it waits:
-    /// the one [`choose`] picks of those `arriving`.
+    pub fn wish(&self) -> Layer {
+        self.wish
+    }
+
+    /// The highest layer the downlink leaves room for, from now on.
+    pub fn set_cap(&mut self, cap: Layer) {
+        self.cap = cap;
+    }
+
+    pub fn cap(&self) -> Layer {
+        self.cap
+    }
+
+    /// The layer the leg is to forward of those `arriving`: the one [`choose`] picks for the
+    /// wish held down to the cap.
+    fn goal(&self, arriving: Layers) -> Option<Layer> {
+        choose(self.wish.min(self.cap), arriving)
+    }
+
+    /// The layer whose keyframe the leg waits for, to start or to switch to it, if it waits.
     pub fn keyframe_wanted(&self, arriving: Layers) -> Option<Layer> {
         if self.kind != MediaKind::Video || self.payload_types.is_empty() {
             return None;
         }
-        choose(self.wish, arriving).filter(|goal| self.current != Some(*goal))
+        self.goal(arriving)
+            .filter(|goal| self.current != Some(*goal))
     }
 
     /// The layer being forwarded, once one is.
@@ -121,7 +144,7 @@ impl DownTrack {
         if self.current != Some(layer) {
             if self.kind == MediaKind::Video {
                 // Until the goal's keyframe the leg keeps forwarding what it forwards.
-                if !keyframe || choose(self.wish, arriving) != Some(layer) {
+                if !keyframe || self.goal(arriving) != Some(layer) {
                     return None;
                 }
                 self.switched = Some(layer);
@@ -488,5 +511,40 @@ mod tests {
         );
         assert!(sent.is_some());
         assert_eq!(leg.take_switch(), None);
+    }
+
+    #[test]
+    fn the_cap_holds_the_leg_below_its_wish() {
+        let mut leg = video_leg();
+        let now = Instant::now();
+        leg.set_cap(Layer::Low);
+        assert_eq!(leg.keyframe_wanted(all_layers()), Some(Layer::Low));
+        let high = leg.admit(
+            Codec::Vp8,
+            true,
+            &layered(Layer::High, 1),
+            Layer::High,
+            all_layers(),
+            now,
+        );
+        assert_eq!(
+            high, None,
+            "the wish is h, but the downlink has room for l only"
+        );
+        let low = leg.admit(
+            Codec::Vp8,
+            true,
+            &layered(Layer::Low, 1),
+            Layer::Low,
+            all_layers(),
+            now,
+        );
+        assert!(low.is_some());
+        // The downlink widens: the leg moves up at h's keyframe.
+        leg.set_cap(Layer::High);
+        assert_eq!(leg.keyframe_wanted(all_layers()), Some(Layer::High));
+        // A wish below the cap rules.
+        leg.set_wish(Layer::Low);
+        assert_eq!(leg.keyframe_wanted(all_layers()), None);
     }
 }

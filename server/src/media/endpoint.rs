@@ -26,9 +26,10 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::shared::TransportProtocol;
 use shared::{PeerId, TrackId};
 
+use crate::media::allocation::Downlink;
 use crate::media::codec::MediaKind;
 use crate::media::engine::{EndpointEvent, EndpointReport, Reports, RoomKey};
-use crate::media::setup;
+use crate::media::setup::{self, DownlinkEstimate};
 use crate::media::simulcast::Layer;
 use crate::telemetry;
 
@@ -51,6 +52,10 @@ pub struct Endpoint {
     /// The simulcast layer the client wishes for, by track (`setTargetTrackVariant`), also
     /// for tracks it does not receive yet.
     pub wishes: HashMap<TrackId, Layer>,
+    /// What the client's downlink carries, as its feedback tells.
+    pub estimate: DownlinkEstimate,
+    /// When the caps of the tracks it receives may rise again.
+    pub downlink: Downlink,
     /// Mids of tracks this endpoint stopped sending: the answer keeps naming them.
     pub stopped: BTreeMap<String, TrackId>,
     /// The client's candidates that came before its first offer.
@@ -86,9 +91,12 @@ impl Endpoint {
         candidates: &[RTCIceCandidateInit],
         now: Instant,
     ) -> Result<Endpoint, String> {
-        let (media, interceptors) =
-            setup::media_and_interceptors(Some(metrics::counter!(telemetry::NACKS_RECEIVED)))
-                .map_err(|err| format!("codec setup: {err}"))?;
+        let estimate = DownlinkEstimate::default();
+        let (media, interceptors) = setup::media_and_interceptors(
+            Some(metrics::counter!(telemetry::NACKS_RECEIVED)),
+            Some(estimate.clone()),
+        )
+        .map_err(|err| format!("codec setup: {err}"))?;
         let mut random = rand::rng();
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
@@ -125,6 +133,8 @@ impl Endpoint {
             incoming: HashMap::new(),
             subscriptions: BTreeMap::new(),
             wishes: HashMap::new(),
+            estimate,
+            downlink: Downlink::default(),
             stopped: BTreeMap::new(),
             early_candidates: Vec::new(),
             connected: false,

@@ -1,14 +1,20 @@
 //! How every peer connection of videoroom is set up, the server's and the synthetic test and
 //! load peers' alike: the codecs of the table in [`crate::media::codec`] with their feedback,
 //! the interceptors (NACK, RTCP reports, transport-wide congestion control), and the one of
-//! ours that brings keyframe requests to the application.
+//! ours that brings keyframe requests to the application. The server's connections also
+//! number what they send transport-wide and run a congestion controller (GCC) on the feedback,
+//! whose estimate the worker reads ([`DownlinkEstimate`]).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use metrics::Counter;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
-    Packet as InterceptorPacket, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
+    NackGeneratorBuilder, NackResponderBuilder, Packet as InterceptorPacket, PacketReport,
+    Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket, TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -31,13 +37,68 @@ use crate::media::voice;
 /// per published video track).
 const NACK_HISTORY: u16 = 256;
 
+/// Where a downlink estimate starts, before the first feedback moves it: a link good enough
+/// for a large tile and a few small ones. The caps are not applied before that feedback.
+const INITIAL_ESTIMATE: f64 = 3_000_000.0;
+const LOWEST_ESTIMATE: f64 = 100_000.0;
+const HIGHEST_ESTIMATE: f64 = 50_000_000.0;
+
+/// What a connection's congestion controller estimates its client's downlink carries, in bits
+/// per second, shared between the controller (inside the connection) and the worker.
+#[derive(Debug, Clone, Default)]
+pub struct DownlinkEstimate(Arc<AtomicU64>);
+
+impl DownlinkEstimate {
+    /// The estimate, once feedback came.
+    pub fn bits_per_second(&self) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(bits as f64),
+        }
+    }
+}
+
+/// GCC (webrtc-rs's), telling its estimate to the worker after each feedback.
+struct ReportingGcc {
+    gcc: Gcc,
+    estimate: DownlinkEstimate,
+}
+
+impl BandwidthEstimator for ReportingGcc {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        self.gcc.on_reports(now, reports);
+        let bits = self.gcc.target_bitrate().max(1.0) as u64;
+        self.estimate.0.store(bits, Ordering::Relaxed);
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.gcc.target_bitrate()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.gcc.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.gcc.poll_timeout()
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        self.gcc.stats()
+    }
+}
+
 /// The codecs and interceptors for one peer connection: webrtc-rs's defaults (NACK generator
 /// and responder, sender reports (not receiver reports: see below), transport-wide congestion
-/// control feedback, the simulcast and audio-level header extensions) with a shorter NACK history, and ours that brings keyframe
-/// requests to the application and counts the NACKs that arrive in `nacks`, if given (the
-/// server's connections count them; test peers do not).
+/// control feedback, the simulcast and audio-level header extensions) with a shorter NACK
+/// history, and ours that brings keyframe requests to the application and counts the NACKs
+/// that arrive in `nacks`, if given (the server's connections count them; test peers do not).
+/// With `estimate`, the connection numbers what it sends transport-wide and estimates the
+/// remote's downlink from its feedback with GCC, without pacing: a forwarded packet leaves
+/// at once, and the worker keeps each subscriber within the estimate by choosing layers.
 pub fn media_and_interceptors(
     nacks: Option<Counter>,
+    estimate: Option<DownlinkEstimate>,
 ) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     let mut media = media_engine()?;
     configure_simulcast_extension_headers(&mut media)?;
@@ -55,7 +116,16 @@ pub fn media_and_interceptors(
             NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
         )
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-    let interceptors = configure_twcc_receiver_only(interceptors, &mut media)?;
+    let mut interceptors = configure_twcc_receiver_only(interceptors, &mut media)?;
+    if let Some(estimate) = estimate {
+        let gcc = Gcc::new(INITIAL_ESTIMATE, LOWEST_ESTIMATE, HIGHEST_ESTIMATE);
+        interceptors = interceptors
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(ReportingGcc { gcc, estimate }).build(),
+            );
+    }
     // Sender reports only, no receiver reports. A browser stops putting the mid and rid header
     // extensions in a simulcast layer's packets once a receiver report acknowledges the layer's
     // SSRC, and webrtc-rs 0.21 forgets which SSRC is which layer at every renegotiation

@@ -51,7 +51,7 @@ impl Layers {
         self.0 == 0
     }
 
-    pub fn iter(self) -> impl Iterator<Item = Layer> {
+    pub fn iter(self) -> impl DoubleEndedIterator<Item = Layer> {
         LAYERS
             .into_iter()
             .filter(move |layer| self.contains(*layer))
@@ -70,15 +70,20 @@ impl FromIterator<Layer> for Layers {
 pub fn choose(wish: Layer, arriving: Layers) -> Option<Layer> {
     arriving
         .iter()
-        .filter(|layer| *layer <= wish)
-        .last()
+        .rev()
+        .find(|layer| *layer <= wish)
         .or_else(|| arriving.iter().find(|layer| *layer > wish))
 }
 
-/// What a published track's packets come as: each layer's SSRC and when it last sent.
+/// How long a layer's bytes are counted before its rate is taken.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
+
+/// What a published track's packets come as: each layer's SSRC, when it last sent, and at
+/// what rate.
 #[derive(Debug, Default)]
 pub struct Incoming {
     layers: [Option<(u32, Instant)>; 3],
+    rates: [LayerRate; 3],
     /// Whether the publisher named its layers (rids): it sends simulcast.
     simulcast: bool,
 }
@@ -99,22 +104,26 @@ impl Incoming {
         self.layers[index(layer)] = Some((ssrc, now));
     }
 
-    /// The layer a packet of `ssrc` belongs to, which is marked as arriving. A track without
-    /// simulcast takes any SSRC as its one layer (a publisher that restarts changes it).
-    pub fn layer_of(&mut self, ssrc: u32, now: Instant) -> Option<Layer> {
-        for layer in LAYERS {
-            if let Some((known, seen)) = &mut self.layers[index(layer)] {
-                if *known == ssrc {
-                    *seen = now;
-                    return Some(layer);
-                }
-            }
-        }
-        if self.simulcast {
-            return None;
-        }
-        self.layers[index(Layer::High)] = Some((ssrc, now));
-        Some(Layer::High)
+    /// The layer a packet of `ssrc` and `size` bytes belongs to, which is marked as arriving
+    /// and counted in its rate. A track without simulcast takes any SSRC as its one layer (a
+    /// publisher that restarts changes it).
+    pub fn layer_of(&mut self, ssrc: u32, size: usize, now: Instant) -> Option<Layer> {
+        let layer = LAYERS
+            .into_iter()
+            .find(|layer| matches!(self.layers[index(*layer)], Some((known, _)) if known == ssrc));
+        let layer = match layer {
+            Some(layer) => layer,
+            None if self.simulcast => return None,
+            None => Layer::High,
+        };
+        self.layers[index(layer)] = Some((ssrc, now));
+        self.rates[index(layer)].count(size, now);
+        Some(layer)
+    }
+
+    /// The bits per second `layer` arrived at in its last counted window (0 before one ended).
+    pub fn rate(&self, layer: Layer) -> f64 {
+        self.rates[index(layer)].bits_per_second
     }
 
     /// The layers that are arriving.
@@ -135,6 +144,27 @@ impl Incoming {
 
     pub fn is_simulcast(&self) -> bool {
         self.simulcast
+    }
+}
+
+/// One layer's arrival rate, taken every [`RATE_WINDOW`].
+#[derive(Debug, Default)]
+struct LayerRate {
+    window_start: Option<Instant>,
+    bytes: u64,
+    bits_per_second: f64,
+}
+
+impl LayerRate {
+    fn count(&mut self, size: usize, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            self.bits_per_second = self.bytes as f64 * 8.0 / elapsed.as_secs_f64();
+            self.bytes = 0;
+            self.window_start = Some(now);
+        }
+        self.bytes += size as u64;
     }
 }
 
@@ -171,9 +201,9 @@ mod tests {
         incoming.bind(Some("h"), 30, start);
         incoming.bind(Some("x"), 99, start);
         assert!(incoming.is_simulcast());
-        assert_eq!(incoming.layer_of(30, start), Some(Layer::High));
+        assert_eq!(incoming.layer_of(30, 100, start), Some(Layer::High));
         assert_eq!(
-            incoming.layer_of(99, start),
+            incoming.layer_of(99, 100, start),
             None,
             "an unknown rid is no layer"
         );
@@ -181,7 +211,7 @@ mod tests {
         assert_eq!(incoming.ssrc(Layer::Medium), None);
 
         let later = start + Duration::from_millis(800);
-        incoming.layer_of(10, later);
+        incoming.layer_of(10, 100, later);
         assert_eq!(
             incoming.arriving(later + Duration::from_millis(300)),
             set(&[Layer::Low]),
@@ -194,8 +224,12 @@ mod tests {
     fn a_track_without_simulcast_is_one_layer_whatever_its_ssrc() {
         let now = Instant::now();
         let mut incoming = Incoming::default();
-        assert_eq!(incoming.layer_of(5, now), Some(Layer::High));
-        assert_eq!(incoming.layer_of(6, now), Some(Layer::High), "a restart");
+        assert_eq!(incoming.layer_of(5, 100, now), Some(Layer::High));
+        assert_eq!(
+            incoming.layer_of(6, 100, now),
+            Some(Layer::High),
+            "a restart"
+        );
         assert_eq!(incoming.ssrc(Layer::High), Some(6));
         assert!(!incoming.is_simulcast());
         assert_eq!(incoming.arriving(now), set(&[Layer::High]));
@@ -203,5 +237,24 @@ mod tests {
             choose(Layer::Low, incoming.arriving(now)),
             Some(Layer::High)
         );
+    }
+
+    #[test]
+    fn each_layer_has_the_rate_it_arrives_at() {
+        let start = Instant::now();
+        let mut incoming = Incoming::default();
+        incoming.bind(Some("l"), 10, start);
+        incoming.bind(Some("h"), 30, start);
+        // 30 packets a second of 250 and of 1,000 bytes for a second and a bit.
+        for frame in 0..=32u64 {
+            let at = start + Duration::from_millis(frame * 1000 / 30);
+            incoming.layer_of(10, 250, at);
+            incoming.layer_of(30, 1000, at);
+        }
+        let low = incoming.rate(Layer::Low);
+        let high = incoming.rate(Layer::High);
+        assert!((55_000.0..65_000.0).contains(&low), "l at {low} bit/s");
+        assert!((220_000.0..260_000.0).contains(&high), "h at {high} bit/s");
+        assert_eq!(incoming.rate(Layer::Medium), 0.0);
     }
 }

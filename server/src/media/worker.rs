@@ -37,6 +37,7 @@ use shared::TrackId;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
+use crate::media::allocation::{allocate, Demand};
 use crate::media::codec::{Codec, MediaKind};
 use crate::media::demux::{Demux, EndpointKey};
 use crate::media::down_track::{header_for_leg, DownTrack};
@@ -44,7 +45,7 @@ use crate::media::endpoint::{self, Endpoint, PublicationKey, Subscribed};
 use crate::media::engine::{
     Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription,
 };
-use crate::media::simulcast::{Incoming, Layer, Layers};
+use crate::media::simulcast::{Incoming, Layer, Layers, LAYERS};
 use crate::media::tcp::{TcpFrame, TcpFrames, TcpLinks};
 use crate::media::udp::MediaSocket;
 use crate::media::voice::{self, VoiceActivity};
@@ -60,6 +61,11 @@ const LONGEST_TIMER: Duration = Duration::from_millis(250);
 const BATCHES_PER_TURN: usize = 8;
 /// A publisher may be asked for a keyframe this often at most; requests in between wait.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// How often each subscriber's downlink estimate is shared out again among its tracks.
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
+/// The bytes a forwarded packet carries besides its payload: the RTP header and the
+/// transport-wide sequence number extension (what the downlink estimate counts).
+const LEG_HEADER_BYTES: usize = 20;
 
 pub(crate) struct WorkerSettings {
     /// The addresses the worker's candidates name (UDP, and TCP on the same port number), the
@@ -336,6 +342,8 @@ struct Media {
     farewells: Vec<TaggedBytesMut>,
     /// Addresses of endpoints removed this turn, whose ICE-TCP connections are to close.
     forgotten: Vec<SocketAddr>,
+    /// When the downlinks are next shared out.
+    next_allocation: Instant,
     counters: Counters,
 }
 
@@ -354,6 +362,7 @@ impl Media {
             speaking: Vec::new(),
             farewells: Vec::new(),
             forgotten: Vec::new(),
+            next_allocation: Instant::now(),
             counters: Counters {
                 forwarded_packets: metrics::counter!(telemetry::FORWARDED_PACKETS),
                 forwarded_bytes: metrics::counter!(telemetry::FORWARDED_BYTES),
@@ -1040,7 +1049,8 @@ impl Media {
         if publication.legs.is_empty() {
             return;
         }
-        let Some(layer) = publication.incoming.layer_of(packet.header.ssrc, now) else {
+        let size = packet.payload.len() + LEG_HEADER_BYTES;
+        let Some(layer) = publication.incoming.layer_of(packet.header.ssrc, size, now) else {
             return; // a layer the publisher did not name
         };
         let arriving = publication.incoming.arriving(now);
@@ -1176,8 +1186,76 @@ impl Media {
                 }
             });
         }
+        if now >= self.next_allocation {
+            self.next_allocation = now + ALLOCATION_INTERVAL;
+            self.allocate_downlinks(now);
+        }
         self.send_keyframe_requests(now);
         self.end_stopped_speech(now);
+    }
+
+    /// Caps each subscriber's legs to what its downlink estimate carries (see
+    /// [`crate::media::allocation`]); a leg whose cap moved waits for the new layer's keyframe.
+    fn allocate_downlinks(&mut self, now: Instant) {
+        for (&key, endpoint) in &mut self.endpoints {
+            let Some(budget) = endpoint.estimate.bits_per_second() else {
+                continue; // no feedback yet (or none at all): the wishes alone decide
+            };
+            let mut legs = Vec::new();
+            let mut demands = Vec::new();
+            for subscribed in endpoint.subscriptions.values() {
+                let Some(publication) = self.publications.get(&subscribed.publication) else {
+                    continue;
+                };
+                let Some(leg) = publication.legs.iter().find(|leg| leg.subscriber == key) else {
+                    continue;
+                };
+                let down_track = &leg.down_track;
+                legs.push((subscribed.publication, down_track.cap(), down_track.wish()));
+                demands.push(Demand {
+                    kind: publication.kind,
+                    wish: down_track.wish(),
+                    arriving: publication.incoming.arriving(now),
+                    rates: LAYERS.map(|layer| publication.incoming.rate(layer)),
+                    current: down_track.current().unwrap_or(down_track.cap()),
+                });
+            }
+            if legs.is_empty() {
+                continue;
+            }
+            let previous: Vec<Layer> = legs.iter().map(|(_, cap, _)| *cap).collect();
+            let wishes: Vec<Layer> = legs.iter().map(|(_, _, wish)| *wish).collect();
+            let caps =
+                endpoint
+                    .downlink
+                    .settle(now, &previous, &wishes, allocate(budget, &demands));
+            for ((publication_key, old, _), cap) in legs.into_iter().zip(caps) {
+                if cap == old {
+                    continue;
+                }
+                tracing::debug!(endpoint = key, budget, ?old, ?cap, "downlink cap");
+                let Some(publication) = self.publications.get_mut(&publication_key) else {
+                    continue;
+                };
+                let arriving = publication.incoming.arriving(now);
+                let Some(leg) = publication
+                    .legs
+                    .iter_mut()
+                    .find(|leg| leg.subscriber == key)
+                else {
+                    continue;
+                };
+                leg.down_track.set_cap(cap);
+                if let Some(layer) = leg.down_track.keyframe_wanted(arriving) {
+                    want_keyframe(
+                        &mut self.keyframes_wanted,
+                        publication_key,
+                        publication,
+                        layer,
+                    );
+                }
+            }
+        }
     }
 
     /// Ends the speech of audio tracks whose packets stopped coming (a muted or gone publisher).
