@@ -7,7 +7,8 @@
 //!   publishers to subscribers;
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
 //! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`], on the
-//!   layer [`simulcast`] chooses, held within the subscriber's downlink by [`allocation`];
+//!   layer [`simulcast`] chooses, held within the subscriber's downlink ([`estimate`]) by
+//!   [`allocation`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
 //!   [`setup`] the codecs and interceptors every peer connection uses; [`addresses`] the
 //!   machine's own addresses, candidates beside loopback; [`voice`] who is speaking, from
@@ -20,6 +21,7 @@ pub mod demux;
 pub mod down_track;
 pub(crate) mod endpoint;
 pub mod engine;
+pub mod estimate;
 mod rewrite;
 pub(crate) mod sdp;
 pub mod setup;

@@ -5,17 +5,19 @@
 //! [`phoenix`] is a Phoenix Channels client for tests that talk to the signaling socket directly,
 //! [`synthetic`] a WebRTC peer that publishes and counts media, and [`load`] runs many of those
 //! for the benchmark (`src/bin/loadgen.rs`); [`throttle`] narrows a synthetic peer's downlink;
-//! [`process`] runs the server as a process of its own, whose CPU and memory can be read from
+//! [`netns`] a real narrow link for a browser; [`process`] runs the server as a process of its own, whose CPU and memory can be read from
 //! `/proc`.
 
 pub mod https;
 pub mod load;
+pub mod netns;
 pub mod phoenix;
 pub mod process;
 pub mod synthetic;
 pub mod throttle;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -71,6 +73,12 @@ impl TestServer {
     /// `config`'s server on a free port, its media workers on free UDP ports (tests run many
     /// servers at once).
     pub async fn start_with(config: server::Config) -> anyhow::Result<TestServer> {
+        Self::listening_on(IpAddr::V4(Ipv4Addr::LOCALHOST), config).await
+    }
+
+    /// `config`'s server listening on `ip` (`0.0.0.0`: every address; its pages are still
+    /// opened on loopback unless [`TestServer::url_at`] says otherwise).
+    pub async fn listening_on(ip: IpAddr, config: server::Config) -> anyhow::Result<TestServer> {
         let config = server::Config {
             media_port: 0,
             turn_port: 0,
@@ -78,8 +86,11 @@ impl TestServer {
             ..config
         };
         let https = config.tls_self_signed || config.tls_cert.is_some();
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let address = listener.local_addr()?;
+        let listener = TcpListener::bind((ip, 0)).await?;
+        let mut address = listener.local_addr()?;
+        if ip.is_unspecified() {
+            address.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let stopped = async {
@@ -107,6 +118,11 @@ impl TestServer {
         } else {
             format!("http://{}{path}", self.address)
         }
+    }
+
+    /// The address of a page at `ip` (the server listens on every address), over HTTP.
+    pub fn url_at(&self, ip: IpAddr, path: &str) -> String {
+        format!("http://{}{path}", SocketAddr::new(ip, self.address.port()))
     }
 
     /// The Phoenix socket's address, as phoenix.js builds it.
@@ -139,8 +155,8 @@ impl Drop for TestServer {
 pub struct Browser {
     pub client: Client,
     driver: Child,
-    /// chromedriver's port, for the commands fantoccini does not have.
-    driver_port: u16,
+    /// chromedriver's address, for the commands fantoccini does not have.
+    driver_address: SocketAddr,
     /// Firefox, whose driver has no console log to give.
     firefox: bool,
 }
@@ -162,6 +178,9 @@ pub struct LaunchOptions {
     /// Chromium's microphone hears someone talking (a steady tone from a WAV file) instead of
     /// its fake device's short beeps.
     pub speaking: bool,
+    /// Chromium (and its chromedriver) run in this network namespace ([`netns`]), and treat
+    /// the server's page there, `http://HOST_IP:PORT` (given), as a secure origin.
+    pub netns: Option<(netns::Placement, String)>,
 }
 
 impl Default for LaunchOptions {
@@ -172,6 +191,7 @@ impl Default for LaunchOptions {
             test_hostname: https::over_https().then_some(https::TEST_HOSTNAME),
             firefox: false,
             speaking: false,
+            netns: None,
         }
     }
 }
@@ -195,7 +215,17 @@ impl Browser {
                 .context("cannot start geckodriver (scripts/test.sh installs it)")?;
             (driver, firefox_capabilities(&options))
         } else {
-            let driver = Command::new("chromedriver")
+            let mut driver = match &options.netns {
+                Some((placement, _)) => {
+                    let mut command = Command::new("ip");
+                    command.args(["netns", "exec", &placement.namespace, "chromedriver"]);
+                    // Listening beyond loopback, for this test process on the host end.
+                    command.arg(format!("--allowed-ips={}", placement.host_ip));
+                    command
+                }
+                None => Command::new("chromedriver"),
+            };
+            let driver = driver
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -204,11 +234,16 @@ impl Browser {
                 .context("cannot start chromedriver (scripts/test.sh installs it)")?;
             (driver, chrome_capabilities(&options))
         };
-        let client = connect(port, capabilities).await?;
+        let driver_ip = match &options.netns {
+            Some((placement, _)) => IpAddr::V4(placement.inner_ip),
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let driver_address = SocketAddr::new(driver_ip, port);
+        let client = connect(driver_address, capabilities).await?;
         Ok(Browser {
             client,
             driver,
-            driver_port: port,
+            driver_address,
             firefox: options.firefox,
         })
     }
@@ -336,10 +371,7 @@ impl Browser {
             .session_id()
             .await?
             .context("the browser has no session")?;
-        let url = format!(
-            "http://127.0.0.1:{}/session/{session}/se/log",
-            self.driver_port
-        );
+        let url = format!("http://{}/session/{session}/se/log", self.driver_address);
         let body = reqwest::Client::new()
             .post(url)
             .header("content-type", "application/json")
@@ -437,6 +469,11 @@ fn chrome_capabilities(options: &LaunchOptions) -> Map<String, Value> {
         );
         args.push(&audio_file);
     }
+    let secure_origin;
+    if let Some((_, origin)) = &options.netns {
+        secure_origin = format!("--unsafely-treat-insecure-origin-as-secure={origin}");
+        args.push(&secure_origin);
+    }
     let resolver_rule;
     if let Some(name) = options.test_hostname {
         resolver_rule = format!("--host-resolver-rules=MAP {name} 127.0.0.1");
@@ -488,9 +525,9 @@ fn talking_wav() -> std::path::PathBuf {
     path
 }
 
-/// Connects to chromedriver on `port`, retrying while it starts up.
-async fn connect(port: u16, capabilities: Map<String, Value>) -> anyhow::Result<Client> {
-    let url = format!("http://127.0.0.1:{port}");
+/// Connects to chromedriver at `address`, retrying while it starts up.
+async fn connect(address: SocketAddr, capabilities: Map<String, Value>) -> anyhow::Result<Client> {
+    let url = format!("http://{address}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut builder = ClientBuilder::new(HttpConnector::new());
     builder.capabilities(capabilities);
@@ -559,8 +596,20 @@ fn firefox_capabilities(options: &LaunchOptions) -> Map<String, Value> {
     }
 }
 
+/// A free port on loopback for a browser driver, not handed out before in this process.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    // Two browsers launched at once could be given the same free port (it is free until a
+    // driver binds it); a port is handed out once per test process.
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
 }

@@ -50,8 +50,11 @@ impl Demand {
 /// The cap of each of `demands` (in their order) within `budget` bits per second. Audio is
 /// never capped; its rate comes off the budget first. A video track never goes below its
 /// lowest arriving layer, even when the budget does not cover it: a small picture beats none.
+/// A track that gets what it wishes for of the layers arriving is not capped at all (`h`), so
+/// a better layer that starts arriving is taken up at once.
 pub fn allocate(budget: f64, demands: &[Demand]) -> Vec<Layer> {
     let mut caps = vec![Layer::High; demands.len()];
+    let mut goals = vec![None; demands.len()];
     let mut spent: f64 = demands
         .iter()
         .filter(|demand| demand.kind == MediaKind::Audio)
@@ -75,6 +78,7 @@ pub fn allocate(budget: f64, demands: &[Demand]) -> Vec<Layer> {
         let Some(goal) = choose(demand.wish, demand.arriving) else {
             continue;
         };
+        goals[index] = Some(goal);
         let better = demand
             .arriving
             .iter()
@@ -91,6 +95,11 @@ pub fn allocate(budget: f64, demands: &[Demand]) -> Vec<Layer> {
         if let Some(layer) = better {
             spent += demand.rate(layer) - demand.rate(base);
             caps[index] = layer;
+        }
+    }
+    for (cap, goal) in caps.iter_mut().zip(goals) {
+        if goal.is_none_or(|goal| *cap >= goal) {
+            *cap = Layer::High;
         }
     }
     caps
@@ -117,19 +126,20 @@ impl Default for Downlink {
 
 impl Downlink {
     /// The caps to apply, given the ones in force (`previous`, for tracks wishing for
-    /// `wishes`) and the ones [`allocate`] proposes: a step-down the wish did not ask for
-    /// holds every rise back for a while.
+    /// `wishes`; `None` for a track that forwarded nothing yet) and the ones [`allocate`]
+    /// proposes: a cap the budget pushed down (below the wish) holds every rise back for a
+    /// while.
     pub fn settle(
         &mut self,
         now: Instant,
-        previous: &[Layer],
+        previous: &[Option<Layer>],
         wishes: &[Layer],
         proposed: Vec<Layer>,
     ) -> Vec<Layer> {
         let stepped_down = proposed
             .iter()
             .zip(previous.iter().zip(wishes))
-            .any(|(new, (old, wish))| *new < (*old).min(*wish));
+            .any(|(new, (old, wish))| old.is_some_and(|old| *new < old.min(*wish)));
         if stepped_down {
             let calm = self
                 .last_step_down
@@ -146,7 +156,10 @@ impl Downlink {
         proposed
             .into_iter()
             .zip(previous)
-            .map(|(new, old)| if held { new.min(*old) } else { new })
+            .map(|(new, old)| match old {
+                Some(old) if held => new.min(*old),
+                _ => new,
+            })
             .collect()
     }
 }
@@ -182,7 +195,8 @@ mod tests {
         let demands = [audio(), video(Layer::High), video(Layer::Low)];
         assert_eq!(
             allocate(10_000_000.0, &demands),
-            vec![Layer::High, Layer::High, Layer::Low]
+            vec![Layer::High; 3],
+            "nothing is capped: the wish alone holds the small tile to l"
         );
     }
 
@@ -210,10 +224,7 @@ mod tests {
             allocate(2_100_000.0, &demands),
             vec![Layer::Low, Layer::High, Layer::High]
         );
-        assert_eq!(
-            allocate(3_000_000.0, &demands),
-            vec![Layer::Medium, Layer::High, Layer::High]
-        );
+        assert_eq!(allocate(3_000_000.0, &demands), vec![Layer::High; 3]);
     }
 
     #[test]
@@ -229,12 +240,14 @@ mod tests {
     fn layers_that_do_not_arrive_are_skipped() {
         let mut demand = video(Layer::High);
         demand.arriving = [Layer::Low, Layer::Medium].into_iter().collect();
-        assert_eq!(allocate(10_000_000.0, &[demand]), vec![Layer::Medium]);
+        // 1M: m fits, and is the best arriving: no cap, so h is taken when it comes.
+        assert_eq!(allocate(1_000_000.0, &[demand]), vec![Layer::High]);
+        assert_eq!(allocate(500_000.0, &[demand]), vec![Layer::Low]);
         demand.arriving = Layers::default().with(Layer::Medium);
         assert_eq!(
             allocate(100_000.0, &[demand]),
-            vec![Layer::Medium],
-            "the lowest arriving layer is m"
+            vec![Layer::High],
+            "m is all there is: nothing to cap"
         );
     }
 
@@ -250,26 +263,29 @@ mod tests {
         let start = Instant::now();
         let mut downlink = Downlink::default();
         let wishes = [Layer::High];
-        let high = vec![Layer::High];
-        let low = vec![Layer::Low];
-        assert_eq!(downlink.settle(start, &high, &wishes, low.clone()), low);
+        let (high, low) = (vec![Layer::High], vec![Layer::Low]);
+        let (was_high, was_low) = ([Some(Layer::High)], [Some(Layer::Low)]);
+        assert_eq!(downlink.settle(start, &was_high, &wishes, low.clone()), low);
         // The estimate recovers at once: the rise waits.
         let soon = start + Duration::from_secs(1);
-        assert_eq!(downlink.settle(soon, &low, &wishes, high.clone()), low);
+        assert_eq!(downlink.settle(soon, &was_low, &wishes, high.clone()), low);
         let later = start + FIRST_HOLD;
-        assert_eq!(downlink.settle(later, &low, &wishes, high.clone()), high);
-        // Down again soon after: twice the wait.
-        let again = later + Duration::from_secs(1);
-        downlink.settle(again, &high, &wishes, low.clone());
-        let after_first_hold = again + FIRST_HOLD;
         assert_eq!(
-            downlink.settle(after_first_hold, &low, &wishes, high.clone()),
-            low
-        );
-        assert_eq!(
-            downlink.settle(again + FIRST_HOLD * 2, &low, &wishes, high.clone()),
+            downlink.settle(later, &was_low, &wishes, high.clone()),
             high
         );
+        // Down again soon after: twice the wait.
+        let again = later + Duration::from_secs(1);
+        downlink.settle(again, &was_high, &wishes, low.clone());
+        let after_first_hold = again + FIRST_HOLD;
+        let settled = downlink.settle(after_first_hold, &was_low, &wishes, high.clone());
+        assert_eq!(settled, low);
+        let settled = downlink.settle(again + FIRST_HOLD * 2, &was_low, &wishes, high.clone());
+        assert_eq!(settled, high);
+        // A track that forwarded nothing yet starts where the estimate puts it, hold or not.
+        let mut held = Downlink::default();
+        held.settle(start, &was_high, &wishes, low.clone());
+        assert_eq!(held.settle(soon, &[None], &wishes, high.clone()), high);
     }
 
     #[test]
@@ -277,9 +293,14 @@ mod tests {
         let start = Instant::now();
         let mut downlink = Downlink::default();
         // The tile was made small: the cap follows the wish down, and up again at once.
-        let settled = downlink.settle(start, &[Layer::High], &[Layer::Low], vec![Layer::Low]);
+        let settled = downlink.settle(start, &[Some(Layer::High)], &[Layer::Low], vec![Layer::Low]);
         assert_eq!(settled, vec![Layer::Low]);
-        let settled = downlink.settle(start, &[Layer::Low], &[Layer::High], vec![Layer::High]);
+        let settled = downlink.settle(
+            start,
+            &[Some(Layer::Low)],
+            &[Layer::High],
+            vec![Layer::High],
+        );
         assert_eq!(settled, vec![Layer::High]);
     }
 }

@@ -29,7 +29,8 @@ use shared::{PeerId, TrackId};
 use crate::media::allocation::Downlink;
 use crate::media::codec::MediaKind;
 use crate::media::engine::{EndpointEvent, EndpointReport, Reports, RoomKey};
-use crate::media::setup::{self, DownlinkEstimate};
+use crate::media::estimate::DownlinkEstimate;
+use crate::media::setup;
 use crate::media::simulcast::Layer;
 use crate::telemetry;
 

@@ -2,19 +2,16 @@
 //! load peers' alike: the codecs of the table in [`crate::media::codec`] with their feedback,
 //! the interceptors (NACK, RTCP reports, transport-wide congestion control), and the one of
 //! ours that brings keyframe requests to the application. The server's connections also
-//! number what they send transport-wide and run a congestion controller (GCC) on the feedback,
-//! whose estimate the worker reads ([`DownlinkEstimate`]).
+//! number what they send transport-wide and estimate their client's downlink from its feedback
+//! ([`crate::media::estimate`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
 
 use metrics::Counter;
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
-    NackGeneratorBuilder, NackResponderBuilder, Packet as InterceptorPacket, PacketReport,
-    Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket, TwccSenderBuilder,
+    Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
+    Packet as InterceptorPacket, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+    TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -30,6 +27,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 
 use crate::media::codec::{MediaKind, CODECS};
+use crate::media::estimate::{DownlinkEstimate, DownlinkEstimator};
 use crate::media::voice;
 
 /// Packets each sent stream keeps to answer NACKs: 1.7 s of a 1.5 Mbit/s video stream, far
@@ -37,64 +35,13 @@ use crate::media::voice;
 /// per published video track).
 const NACK_HISTORY: u16 = 256;
 
-/// Where a downlink estimate starts, before the first feedback moves it: a link good enough
-/// for a large tile and a few small ones. The caps are not applied before that feedback.
-const INITIAL_ESTIMATE: f64 = 3_000_000.0;
-const LOWEST_ESTIMATE: f64 = 100_000.0;
-const HIGHEST_ESTIMATE: f64 = 50_000_000.0;
-
-/// What a connection's congestion controller estimates its client's downlink carries, in bits
-/// per second, shared between the controller (inside the connection) and the worker.
-#[derive(Debug, Clone, Default)]
-pub struct DownlinkEstimate(Arc<AtomicU64>);
-
-impl DownlinkEstimate {
-    /// The estimate, once feedback came.
-    pub fn bits_per_second(&self) -> Option<f64> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            bits => Some(bits as f64),
-        }
-    }
-}
-
-/// GCC (webrtc-rs's), telling its estimate to the worker after each feedback.
-struct ReportingGcc {
-    gcc: Gcc,
-    estimate: DownlinkEstimate,
-}
-
-impl BandwidthEstimator for ReportingGcc {
-    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
-        self.gcc.on_reports(now, reports);
-        let bits = self.gcc.target_bitrate().max(1.0) as u64;
-        self.estimate.0.store(bits, Ordering::Relaxed);
-    }
-
-    fn target_bitrate(&self) -> f64 {
-        self.gcc.target_bitrate()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.gcc.handle_timeout(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.gcc.poll_timeout()
-    }
-
-    fn stats(&self) -> EstimatorStats {
-        self.gcc.stats()
-    }
-}
-
 /// The codecs and interceptors for one peer connection: webrtc-rs's defaults (NACK generator
 /// and responder, sender reports (not receiver reports: see below), transport-wide congestion
 /// control feedback, the simulcast and audio-level header extensions) with a shorter NACK
 /// history, and ours that brings keyframe requests to the application and counts the NACKs
 /// that arrive in `nacks`, if given (the server's connections count them; test peers do not).
 /// With `estimate`, the connection numbers what it sends transport-wide and estimates the
-/// remote's downlink from its feedback with GCC, without pacing: a forwarded packet leaves
+/// remote's downlink from its feedback into it, without pacing: a forwarded packet leaves
 /// at once, and the worker keeps each subscriber within the estimate by choosing layers.
 pub fn media_and_interceptors(
     nacks: Option<Counter>,
@@ -118,12 +65,11 @@ pub fn media_and_interceptors(
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     let mut interceptors = configure_twcc_receiver_only(interceptors, &mut media)?;
     if let Some(estimate) = estimate {
-        let gcc = Gcc::new(INITIAL_ESTIMATE, LOWEST_ESTIMATE, HIGHEST_ESTIMATE);
         interceptors = interceptors
             .with(Slot::TwccSender, TwccSenderBuilder::new().build())
             .with(
                 Slot::CongestionControl,
-                CongestionControlBuilder::new(ReportingGcc { gcc, estimate }).build(),
+                CongestionControlBuilder::new(DownlinkEstimator::new(estimate)).build(),
             );
     }
     // Sender reports only, no receiver reports. A browser stops putting the mid and rid header

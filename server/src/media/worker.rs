@@ -528,6 +528,8 @@ impl Media {
 
         self.learn_published_codecs(key, &sdp);
         let sending = self.start_sending(key, now);
+        // New legs start within the downlink, not at `h` until the next allocation.
+        self.allocate_downlink(key, now);
         let endpoint = self.endpoints.get_mut(&key).expect("checked above");
         endpoint.report(EndpointEvent::Answer { sdp, sending });
         if !endpoint.connected {
@@ -1194,66 +1196,76 @@ impl Media {
         self.end_stopped_speech(now);
     }
 
-    /// Caps each subscriber's legs to what its downlink estimate carries (see
-    /// [`crate::media::allocation`]); a leg whose cap moved waits for the new layer's keyframe.
+    /// Caps every subscriber's legs to what its downlink estimate carries.
     fn allocate_downlinks(&mut self, now: Instant) {
-        for (&key, endpoint) in &mut self.endpoints {
-            let Some(budget) = endpoint.estimate.bits_per_second() else {
-                continue; // no feedback yet (or none at all): the wishes alone decide
+        let keys: Vec<EndpointKey> = self.endpoints.keys().copied().collect();
+        for key in keys {
+            self.allocate_downlink(key, now);
+        }
+    }
+
+    /// Caps the legs of `key` to what its downlink estimate carries (see
+    /// [`crate::media::allocation`]); a leg whose cap moved waits for the new layer's keyframe.
+    fn allocate_downlink(&mut self, key: EndpointKey, now: Instant) {
+        let Some(endpoint) = self.endpoints.get_mut(&key) else {
+            return;
+        };
+        let Some(budget) = endpoint.estimate.bits_per_second() else {
+            return; // no feedback yet (or none at all): the wishes alone decide
+        };
+        let mut legs = Vec::new();
+        let mut demands = Vec::new();
+        for subscribed in endpoint.subscriptions.values() {
+            let Some(publication) = self.publications.get(&subscribed.publication) else {
+                continue;
             };
-            let mut legs = Vec::new();
-            let mut demands = Vec::new();
-            for subscribed in endpoint.subscriptions.values() {
-                let Some(publication) = self.publications.get(&subscribed.publication) else {
-                    continue;
-                };
-                let Some(leg) = publication.legs.iter().find(|leg| leg.subscriber == key) else {
-                    continue;
-                };
-                let down_track = &leg.down_track;
-                legs.push((subscribed.publication, down_track.cap(), down_track.wish()));
-                demands.push(Demand {
-                    kind: publication.kind,
-                    wish: down_track.wish(),
-                    arriving: publication.incoming.arriving(now),
-                    rates: LAYERS.map(|layer| publication.incoming.rate(layer)),
-                    current: down_track.current().unwrap_or(down_track.cap()),
-                });
-            }
-            if legs.is_empty() {
+            let Some(leg) = publication.legs.iter().find(|leg| leg.subscriber == key) else {
+                continue;
+            };
+            let down_track = &leg.down_track;
+            // A leg that forwarded nothing yet has no cap to step down from.
+            let in_force = down_track.current().map(|_| down_track.cap());
+            legs.push((subscribed.publication, in_force, down_track.wish()));
+            demands.push(Demand {
+                kind: publication.kind,
+                wish: down_track.wish(),
+                arriving: publication.incoming.arriving(now),
+                rates: LAYERS.map(|layer| publication.incoming.rate(layer)),
+                current: down_track.current().unwrap_or(down_track.cap()),
+            });
+        }
+        if legs.is_empty() {
+            return;
+        }
+        let previous: Vec<Option<Layer>> = legs.iter().map(|(_, cap, _)| *cap).collect();
+        let wishes: Vec<Layer> = legs.iter().map(|(_, _, wish)| *wish).collect();
+        let caps = endpoint
+            .downlink
+            .settle(now, &previous, &wishes, allocate(budget, &demands));
+        for ((publication_key, _, _), cap) in legs.into_iter().zip(caps) {
+            let Some(publication) = self.publications.get_mut(&publication_key) else {
+                continue;
+            };
+            let arriving = publication.incoming.arriving(now);
+            let Some(leg) = publication
+                .legs
+                .iter_mut()
+                .find(|leg| leg.subscriber == key)
+            else {
+                continue;
+            };
+            if leg.down_track.cap() == cap {
                 continue;
             }
-            let previous: Vec<Layer> = legs.iter().map(|(_, cap, _)| *cap).collect();
-            let wishes: Vec<Layer> = legs.iter().map(|(_, _, wish)| *wish).collect();
-            let caps =
-                endpoint
-                    .downlink
-                    .settle(now, &previous, &wishes, allocate(budget, &demands));
-            for ((publication_key, old, _), cap) in legs.into_iter().zip(caps) {
-                if cap == old {
-                    continue;
-                }
-                tracing::debug!(endpoint = key, budget, ?old, ?cap, "downlink cap");
-                let Some(publication) = self.publications.get_mut(&publication_key) else {
-                    continue;
-                };
-                let arriving = publication.incoming.arriving(now);
-                let Some(leg) = publication
-                    .legs
-                    .iter_mut()
-                    .find(|leg| leg.subscriber == key)
-                else {
-                    continue;
-                };
-                leg.down_track.set_cap(cap);
-                if let Some(layer) = leg.down_track.keyframe_wanted(arriving) {
-                    want_keyframe(
-                        &mut self.keyframes_wanted,
-                        publication_key,
-                        publication,
-                        layer,
-                    );
-                }
+            tracing::debug!(endpoint = key, budget, old = ?leg.down_track.cap(), ?cap, "downlink cap");
+            leg.down_track.set_cap(cap);
+            if let Some(layer) = leg.down_track.keyframe_wanted(arriving) {
+                want_keyframe(
+                    &mut self.keyframes_wanted,
+                    publication_key,
+                    publication,
+                    layer,
+                );
             }
         }
     }
