@@ -230,6 +230,18 @@ fn switches(state: &PeerState, track: &TrackId) -> Vec<SimulcastLayer> {
         .collect()
 }
 
+/// The video track of `tracks` that `receiver` receives.
+fn received_video(receiver: &SyntheticPeer, tracks: &[TrackId]) -> TrackId {
+    receiver
+        .state(|state| {
+            tracks
+                .iter()
+                .find(|id| state.received[*id].kind == Some(RtpCodecKind::Video))
+                .cloned()
+        })
+        .expect("the video is received")
+}
+
 /// Packets of each simulcast layer (0 `l`, 1 `m`, 2 `h`) `receiver` has had of `track`.
 fn layer_counts(receiver: &SyntheticPeer, track: &TrackId) -> [u64; 3] {
     receiver.state(|state| state.received.get(track).map_or([0; 3], layer_counts_of))
@@ -253,14 +265,7 @@ async fn a_subscriber_gets_the_simulcast_layer_it_asks_for() -> anyhow::Result<(
     let bob = join(&server, "layers", PeerOptions::receive_only("Bob")).await?;
     let ann_tracks = published(&ann);
     wait_for_media(&bob, &ann_tracks, ONE_SECOND).await?;
-    let video = bob
-        .state(|state| {
-            ann_tracks
-                .iter()
-                .find(|id| state.received[*id].kind == Some(RtpCodecKind::Video))
-                .cloned()
-        })
-        .expect("Bob receives Ann's video");
+    let video = received_video(&bob, &ann_tracks);
     // Unasked, a subscriber gets the best layer.
     bob.wait_until("the high layer, unasked", TIMEOUT, |state| {
         switches(state, &video) == [SimulcastLayer::High]
@@ -364,14 +369,7 @@ async fn a_narrow_downlink_is_moved_down_to_the_low_layer_and_back_up() -> anyho
     let ann_tracks = published(&ann);
     wait_for_media(&bob, &ann_tracks, ONE_SECOND).await?;
     wait_for_media(&carol, &ann_tracks, ONE_SECOND).await?;
-    let video = bob
-        .state(|state| {
-            ann_tracks
-                .iter()
-                .find(|id| state.received[*id].kind == Some(RtpCodecKind::Video))
-                .cloned()
-        })
-        .expect("Bob receives Ann's video");
+    let video = received_video(&bob, &ann_tracks);
     for peer in [&bob, &carol] {
         peer.wait_until("the high layer on a wide link", TIMEOUT, |state| {
             switches(state, &video) == [SimulcastLayer::High]

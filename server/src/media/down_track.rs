@@ -363,6 +363,25 @@ mod tests {
         header(ssrc, sequence, base)
     }
 
+    /// `leg` admits the packet `sequence` of `layer` (a keyframe's first, or not) while all
+    /// three layers arrive.
+    fn admit_layer(
+        leg: &mut DownTrack,
+        keyframe: bool,
+        layer: Layer,
+        sequence: u16,
+        now: Instant,
+    ) -> Option<LegNumbers> {
+        leg.admit(
+            Codec::Vp8,
+            keyframe,
+            &layered(layer, sequence),
+            layer,
+            all_layers(),
+            now,
+        )
+    }
+
     #[test]
     fn a_subscriber_gets_only_the_layer_it_wishes_for() {
         let mut leg = video_leg();
@@ -396,37 +415,16 @@ mod tests {
         let mut leg = video_leg();
         leg.set_wish(Layer::Low);
         let start = Instant::now();
-        let first = leg.admit(
-            Codec::Vp8,
-            true,
-            &layered(Layer::Low, 100),
-            Layer::Low,
-            all_layers(),
-            start,
-        );
+        let first = admit_layer(&mut leg, true, Layer::Low, 100, start);
         assert_eq!(first.map(|n| n.sequence), Some(100));
         leg.take_switch();
 
         leg.set_wish(Layer::High);
         assert_eq!(leg.keyframe_wanted(all_layers()), Some(Layer::High));
         // Until a keyframe of `h` comes, `l` goes on and `h`'s other packets stay back.
-        let high_delta = leg.admit(
-            Codec::Vp8,
-            false,
-            &layered(Layer::High, 700),
-            Layer::High,
-            all_layers(),
-            start,
-        );
+        let high_delta = admit_layer(&mut leg, false, Layer::High, 700, start);
         assert_eq!(high_delta, None);
-        let low = leg.admit(
-            Codec::Vp8,
-            false,
-            &layered(Layer::Low, 101),
-            Layer::Low,
-            all_layers(),
-            start,
-        );
+        let low = admit_layer(&mut leg, false, Layer::Low, 101, start);
         assert_eq!(low.map(|n| n.sequence), Some(101));
 
         let later = start + Duration::from_millis(100);
@@ -448,23 +446,9 @@ mod tests {
         // The timestamp moved on by the 100 ms that passed, whatever `h`'s own clock says.
         assert_eq!(switched.timestamp, 1_000 + 9_000);
         assert_eq!(leg.take_switch(), Some(Layer::High));
-        let old = leg.admit(
-            Codec::Vp8,
-            false,
-            &layered(Layer::Low, 102),
-            Layer::Low,
-            all_layers(),
-            later,
-        );
+        let old = admit_layer(&mut leg, false, Layer::Low, 102, later);
         assert_eq!(old, None, "the old layer stops at the switch");
-        let next = leg.admit(
-            Codec::Vp8,
-            false,
-            &layered(Layer::High, 702),
-            Layer::High,
-            all_layers(),
-            later,
-        );
+        let next = admit_layer(&mut leg, false, Layer::High, 702, later);
         assert_eq!(next.map(|n| n.sequence), Some(103));
     }
 
@@ -472,14 +456,7 @@ mod tests {
     fn a_layer_that_stops_arriving_gives_way_to_the_next_best() {
         let mut leg = video_leg();
         let now = Instant::now();
-        leg.admit(
-            Codec::Vp8,
-            true,
-            &layered(Layer::High, 1),
-            Layer::High,
-            all_layers(),
-            now,
-        );
+        admit_layer(&mut leg, true, Layer::High, 1, now);
         leg.take_switch();
         // The publisher paused `h`: the leg wants `m`'s keyframe and takes it.
         let without_high: Layers = [Layer::Low, Layer::Medium].into_iter().collect();
@@ -519,26 +496,12 @@ mod tests {
         let now = Instant::now();
         leg.set_cap(Layer::Low);
         assert_eq!(leg.keyframe_wanted(all_layers()), Some(Layer::Low));
-        let high = leg.admit(
-            Codec::Vp8,
-            true,
-            &layered(Layer::High, 1),
-            Layer::High,
-            all_layers(),
-            now,
-        );
+        let high = admit_layer(&mut leg, true, Layer::High, 1, now);
         assert_eq!(
             high, None,
             "the wish is h, but the downlink has room for l only"
         );
-        let low = leg.admit(
-            Codec::Vp8,
-            true,
-            &layered(Layer::Low, 1),
-            Layer::Low,
-            all_layers(),
-            now,
-        );
+        let low = admit_layer(&mut leg, true, Layer::Low, 1, now);
         assert!(low.is_some());
         // The downlink widens: the leg moves up at h's keyframe.
         leg.set_cap(Layer::High);
