@@ -1080,10 +1080,13 @@ async fn a_subscriber_on_a_narrow_link_gets_the_low_layer_and_keeps_playing() ->
         )
         .await?;
         let stepped_down = narrowed.elapsed();
+        // The first second or two after the switch still carries the queue and the
+        // retransmissions of the layer left; then count what plays.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let before = tile_inbound_video(&bob, "Ann").await?["framesDecoded"]
             .as_u64()
             .unwrap_or(0);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         let after = tile_inbound_video(&bob, "Ann").await?["framesDecoded"]
             .as_u64()
             .unwrap_or(0);
@@ -1092,12 +1095,12 @@ async fn a_subscriber_on_a_narrow_link_gets_the_low_layer_and_keeps_playing() ->
             .unwrap_or(0);
         println!(
             "narrowed to 300 kbit/s: Bob receives Ann at {width} px {} ms later and decodes {} \
-             frames in the next 5 s; Carol receives {carol_width} px",
+             frames in 10 s from 2 s after that; Carol receives {carol_width} px",
             stepped_down.as_millis(),
             after.saturating_sub(before)
         );
         ensure!(
-            after >= before + 25,
+            after >= before + 30,
             "Bob's page stopped decoding on the narrow link: {before} then {after} frames"
         );
         ensure!(
