@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::media::codec::MediaKind;
-use crate::media::simulcast::{choose, Layer, Layers, LAYERS};
+use crate::media::simulcast::{choose, index, Layer, Layers};
 
 /// An upgrade must fit with this much to spare: the estimate is a guess, and a layer's rate
 /// swings with the picture.
@@ -39,10 +39,9 @@ pub struct Demand {
 
 impl Demand {
     fn rate(&self, layer: Layer) -> f64 {
-        let index = LAYERS.iter().position(|l| *l == layer).unwrap_or(2);
-        match self.rates[index] {
+        match self.rates[index(layer)] {
             measured if measured > 0.0 => measured,
-            _ => NOMINAL_RATES[index],
+            _ => NOMINAL_RATES[index(layer)],
         }
     }
 }
@@ -168,13 +167,13 @@ impl Downlink {
 mod tests {
     use super::*;
 
-    const ALL: [Layer; 3] = LAYERS;
+    use crate::media::simulcast::LAYERS;
 
     fn video(wish: Layer) -> Demand {
         Demand {
             kind: MediaKind::Video,
             wish,
-            arriving: ALL.into_iter().collect(),
+            arriving: LAYERS.into_iter().collect(),
             rates: [150_000.0, 500_000.0, 1_500_000.0],
             current: Layer::Low,
         }

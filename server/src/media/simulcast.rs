@@ -26,7 +26,8 @@ pub fn layer_of_rid(rid: &str) -> Option<Layer> {
     }
 }
 
-fn index(layer: Layer) -> usize {
+/// Where `layer` stands in [`LAYERS`], and in any array kept by layer.
+pub fn index(layer: Layer) -> usize {
     match layer {
         Layer::Low => 0,
         Layer::Medium => 1,

@@ -1225,7 +1225,7 @@ impl Media {
             let down_track = &leg.down_track;
             // A leg that forwarded nothing yet has no cap to step down from.
             let in_force = down_track.current().map(|_| down_track.cap());
-            legs.push((subscribed.publication, in_force, down_track.wish()));
+            legs.push((subscribed.publication, in_force));
             demands.push(Demand {
                 kind: publication.kind,
                 wish: down_track.wish(),
@@ -1237,12 +1237,12 @@ impl Media {
         if legs.is_empty() {
             return;
         }
-        let previous: Vec<Option<Layer>> = legs.iter().map(|(_, cap, _)| *cap).collect();
-        let wishes: Vec<Layer> = legs.iter().map(|(_, _, wish)| *wish).collect();
+        let previous: Vec<Option<Layer>> = legs.iter().map(|(_, cap)| *cap).collect();
+        let wishes: Vec<Layer> = demands.iter().map(|demand| demand.wish).collect();
         let caps = endpoint
             .downlink
             .settle(now, &previous, &wishes, allocate(budget, &demands));
-        for ((publication_key, _, _), cap) in legs.into_iter().zip(caps) {
+        for ((publication_key, _), cap) in legs.into_iter().zip(caps) {
             let Some(publication) = self.publications.get_mut(&publication_key) else {
                 continue;
             };
