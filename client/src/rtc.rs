@@ -553,7 +553,7 @@ impl Session {
                 let send_only = RtcRtpTransceiverInit::new();
                 send_only.set_direction(RtcRtpTransceiverDirection::Sendonly);
                 send_only.set_streams(&js_sys::Array::of1(stream));
-                if local.track_type == TrackType::Camera && !is_firefox() {
+                if local.track_type == TrackType::Camera {
                     send_only.set_send_encodings(&simulcast_encodings());
                 }
                 pc.add_transceiver_with_media_stream_track_and_init(&local.track, &send_only);
@@ -956,10 +956,7 @@ impl Inner {
     }
 }
 
-/// Firefox, which sends its camera as one encoding rather than in simulcast layers: its layers
-/// do not survive the server's switches between them (a Firefox subscriber stops decoding a
-/// Firefox publisher's video after one, likely because its VP8 picture ids run per layer where
-/// Chromium's are shared, and the server does not rewrite them yet).
+/// Firefox, whose offers the server reads differently under the max-bundle policy.
 fn is_firefox() -> bool {
     web_sys::window()
         .and_then(|window| window.navigator().user_agent().ok())

@@ -6,7 +6,8 @@
 //!   listener ([`tcp`]), the datagrams routed to connections by [`demux`], the forwarding from
 //!   publishers to subscribers;
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
-//! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`], on the
+//! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`] (and its VP8
+//!   pictures by [`vp8`]), on the
 //!   layer [`simulcast`] chooses, held within the subscriber's downlink ([`estimate`]) by
 //!   [`allocation`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
@@ -29,4 +30,5 @@ pub(crate) mod simulcast;
 mod tcp;
 pub mod udp;
 pub mod voice;
+pub(crate) mod vp8;
 mod worker;

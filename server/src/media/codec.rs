@@ -3,6 +3,8 @@
 //! The SDP checks, the peer connections' media engine, the forwarding and the synthetic test
 //! peers all read it; adding a codec is adding a row.
 
+use crate::media::vp8;
+
 /// What a media section or track carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MediaKind {
@@ -129,35 +131,9 @@ impl Codec {
     }
 }
 
-/// VP8 (RFC 7741): the payload descriptor's S bit and partition 0, then the frame header's
-/// inverse key-frame bit.
+/// VP8 (RFC 7741): see [`vp8::Descriptor::starts_keyframe`].
 fn vp8_starts_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else {
-        return false;
-    };
-    let (extended, start, partition) = (first & 0x80 != 0, first & 0x10 != 0, first & 0x07);
-    if !start || partition != 0 {
-        return false;
-    }
-    let mut offset = 1;
-    if extended {
-        let Some(&flags) = payload.get(1) else {
-            return false;
-        };
-        offset = 2;
-        if flags & 0x80 != 0 {
-            // PictureID: one byte, or two when its M bit is set.
-            let long = payload.get(offset).is_some_and(|byte| byte & 0x80 != 0);
-            offset += if long { 2 } else { 1 };
-        }
-        if flags & 0x40 != 0 {
-            offset += 1; // TL0PICIDX
-        }
-        if flags & 0x30 != 0 {
-            offset += 1; // TID / KEYIDX
-        }
-    }
-    payload.get(offset).is_some_and(|header| header & 0x01 == 0)
+    vp8::Descriptor::parse(payload).is_some_and(|descriptor| descriptor.starts_keyframe(payload))
 }
 
 /// H264 (RFC 6184): an IDR slice or an SPS, alone, aggregated (STAP-A) or at the start of a

@@ -14,6 +14,7 @@ use rtc::rtp;
 use crate::media::codec::{Codec, MediaKind};
 use crate::media::rewrite::Rewrite;
 use crate::media::simulcast::{choose, Layer, Layers};
+use crate::media::vp8;
 
 /// What a packet is sent with on one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,21 @@ pub struct LegNumbers {
     pub payload_type: u8,
     pub sequence: u16,
     pub timestamp: u32,
+    /// A VP8 payload's picture numbers on the leg, where they differ from the publisher's.
+    pub renumbering: vp8::Renumbering,
+}
+
+/// One arriving packet of a publication, read once for all its legs.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub codec: Codec,
+    pub header: &'a rtp::Header,
+    /// Its VP8 payload descriptor, if it has one.
+    pub vp8: Option<&'a vp8::Descriptor>,
+    /// The simulcast layer it belongs to.
+    pub layer: Layer,
+    /// Whether it starts a keyframe.
+    pub keyframe: bool,
 }
 
 /// A publisher's header made fit for a subscriber's leg: its SSRC, payload type, sequence
@@ -58,6 +74,7 @@ pub struct DownTrack {
     /// A video layer switched to and not yet reported.
     switched: Option<Layer>,
     rewrite: Rewrite,
+    pictures: vp8::Continuity,
 }
 
 impl DownTrack {
@@ -71,6 +88,7 @@ impl DownTrack {
             current: None,
             switched: None,
             rewrite: Rewrite::default(),
+            pictures: vp8::Continuity::default(),
         }
     }
 
@@ -122,20 +140,23 @@ impl DownTrack {
         self.switched.take()
     }
 
-    /// The numbers to send `header`'s packet (of `layer`, while the publisher's `arriving`
-    /// layers are those) with on this leg, or `None` to hold it back: the leg is not
-    /// negotiated, has no payload type for the codec, forwards another layer (or none yet) and
-    /// this is not a keyframe of the layer it moves to, or the packet belongs to a source the
-    /// leg has moved past.
+    /// The numbers to send `packet` with on this leg, while the publisher's `arriving` layers
+    /// are those, or `None` to hold it back: the leg is not negotiated, has no payload type
+    /// for the codec, forwards another layer (or none yet) and this is not a keyframe of the
+    /// layer it moves to, or the packet belongs to a source the leg has moved past.
     pub fn admit(
         &mut self,
-        codec: Codec,
-        keyframe: bool,
-        header: &rtp::Header,
-        layer: Layer,
+        packet: &Arrival,
         arriving: Layers,
         now: Instant,
     ) -> Option<LegNumbers> {
+        let Arrival {
+            codec,
+            header,
+            vp8,
+            layer,
+            keyframe,
+        } = *packet;
         let payload_type = self
             .payload_types
             .iter()
@@ -158,11 +179,15 @@ impl DownTrack {
             codec.clock_rate(),
             now,
         )?;
+        let renumbering = vp8.map_or_else(vp8::Renumbering::default, |descriptor| {
+            self.pictures.renumber(header.ssrc, descriptor)
+        });
         Some(LegNumbers {
             ssrc: self.ssrc,
             payload_type,
             sequence,
             timestamp,
+            renumbering,
         })
     }
 }
@@ -217,6 +242,7 @@ mod tests {
             payload_type: 100,
             sequence: 70,
             timestamp: 90_000,
+            renumbering: vp8::Renumbering::default(),
         };
         let header = header_for_leg(&publisher, leg);
         assert_eq!((header.ssrc, header.payload_type), (0x2222, 100));
@@ -231,10 +257,13 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             leg.admit(
-                Codec::Opus,
-                false,
-                &header(5, 1, 960),
-                Layer::High,
+                &Arrival {
+                    codec: Codec::Opus,
+                    header: &header(5, 1, 960),
+                    vp8: None,
+                    layer: Layer::High,
+                    keyframe: false
+                },
                 single(),
                 now
             ),
@@ -242,10 +271,13 @@ mod tests {
         );
         leg.set_payload_types(vec![(Codec::Opus, 109)]);
         let numbers = leg.admit(
-            Codec::Opus,
-            false,
-            &header(5, 2, 1920),
-            Layer::High,
+            &Arrival {
+                codec: Codec::Opus,
+                header: &header(5, 2, 1920),
+                vp8: None,
+                layer: Layer::High,
+                keyframe: false,
+            },
             single(),
             now,
         );
@@ -253,10 +285,13 @@ mod tests {
         // A codec the leg did not negotiate is never sent on it.
         assert_eq!(
             leg.admit(
-                Codec::H264,
-                false,
-                &header(5, 3, 2880),
-                Layer::High,
+                &Arrival {
+                    codec: Codec::H264,
+                    header: &header(5, 3, 2880),
+                    vp8: None,
+                    layer: Layer::High,
+                    keyframe: false
+                },
                 single(),
                 now
             ),
@@ -271,30 +306,39 @@ mod tests {
         assert_eq!(leg.keyframe_wanted(single()), Some(Layer::High));
         assert_eq!(
             leg.admit(
-                Codec::Vp8,
-                false,
-                &header(9, 100, 0),
-                Layer::High,
+                &Arrival {
+                    codec: Codec::Vp8,
+                    header: &header(9, 100, 0),
+                    vp8: None,
+                    layer: Layer::High,
+                    keyframe: false
+                },
                 single(),
                 now
             ),
             None
         );
         let first = leg.admit(
-            Codec::Vp8,
-            true,
-            &header(9, 101, 3000),
-            Layer::High,
+            &Arrival {
+                codec: Codec::Vp8,
+                header: &header(9, 101, 3000),
+                vp8: None,
+                layer: Layer::High,
+                keyframe: true,
+            },
             single(),
             now,
         );
         assert_eq!(first.map(|n| n.sequence), Some(101));
         assert_eq!(leg.keyframe_wanted(single()), None);
         let next = leg.admit(
-            Codec::Vp8,
-            false,
-            &header(9, 102, 3000),
-            Layer::High,
+            &Arrival {
+                codec: Codec::Vp8,
+                header: &header(9, 102, 3000),
+                vp8: None,
+                layer: Layer::High,
+                keyframe: false,
+            },
             single(),
             now,
         );
@@ -309,10 +353,13 @@ mod tests {
             .into_iter()
             .filter_map(|(sequence, keyframe)| {
                 leg.admit(
-                    Codec::Vp8,
-                    keyframe,
-                    &header(9, sequence, 0),
-                    Layer::High,
+                    &Arrival {
+                        codec: Codec::Vp8,
+                        header: &header(9, sequence, 0),
+                        vp8: None,
+                        layer: Layer::High,
+                        keyframe,
+                    },
                     single(),
                     now,
                 )
@@ -328,10 +375,13 @@ mod tests {
         let mut leg = video_leg();
         let start = Instant::now();
         let before = leg.admit(
-            Codec::Vp8,
-            true,
-            &header(1, 500, 90_000),
-            Layer::High,
+            &Arrival {
+                codec: Codec::Vp8,
+                header: &header(1, 500, 90_000),
+                vp8: None,
+                layer: Layer::High,
+                keyframe: true,
+            },
             single(),
             start,
         );
@@ -340,10 +390,13 @@ mod tests {
         let later = start + Duration::from_secs(1);
         let after = leg
             .admit(
-                Codec::Vp8,
-                true,
-                &header(2, 7, 1_000),
-                Layer::High,
+                &Arrival {
+                    codec: Codec::Vp8,
+                    header: &header(2, 7, 1_000),
+                    vp8: None,
+                    layer: Layer::High,
+                    keyframe: true,
+                },
                 single(),
                 later,
             )
@@ -373,10 +426,13 @@ mod tests {
         now: Instant,
     ) -> Option<LegNumbers> {
         leg.admit(
-            Codec::Vp8,
-            keyframe,
-            &layered(layer, sequence),
-            layer,
+            &Arrival {
+                codec: Codec::Vp8,
+                header: &layered(layer, sequence),
+                vp8: None,
+                layer,
+                keyframe,
+            },
             all_layers(),
             now,
         )
@@ -392,10 +448,13 @@ mod tests {
         for sequence in 0..5u16 {
             for layer in LAYERS {
                 let sent = leg.admit(
-                    Codec::Vp8,
-                    true,
-                    &layered(layer, sequence),
-                    layer,
+                    &Arrival {
+                        codec: Codec::Vp8,
+                        header: &layered(layer, sequence),
+                        vp8: None,
+                        layer,
+                        keyframe: true,
+                    },
                     all_layers(),
                     now,
                 );
@@ -430,10 +489,13 @@ mod tests {
         let later = start + Duration::from_millis(100);
         let switched = leg
             .admit(
-                Codec::Vp8,
-                true,
-                &layered(Layer::High, 701),
-                Layer::High,
+                &Arrival {
+                    codec: Codec::Vp8,
+                    header: &layered(Layer::High, 701),
+                    vp8: None,
+                    layer: Layer::High,
+                    keyframe: true,
+                },
                 all_layers(),
                 later,
             )
@@ -453,6 +515,60 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_runs_the_vp8_picture_numbers_on() {
+        // A descriptor with a 15-bit PictureID and TL0PICIDX, then a frame header.
+        let payload = |picture: u16, tl0: u8, keyframe: bool| {
+            let [high, low] = picture.to_be_bytes();
+            vec![0x90, 0xe0, 0x80 | high, low, tl0, 0x00, u8::from(!keyframe)]
+        };
+        let mut leg = video_leg();
+        leg.set_wish(Layer::High);
+        let now = Instant::now();
+        let send = |leg: &mut DownTrack, layer, sequence, bytes: Vec<u8>| {
+            let descriptor = vp8::Descriptor::parse(&bytes).unwrap();
+            let keyframe = descriptor.starts_keyframe(&bytes);
+            let header = layered(layer, sequence);
+            let numbers = leg.admit(
+                &Arrival {
+                    codec: Codec::Vp8,
+                    header: &header,
+                    vp8: Some(&descriptor),
+                    layer,
+                    keyframe,
+                },
+                all_layers(),
+                now,
+            )?;
+            let sent = if numbers.renumbering.is_none() {
+                bytes
+            } else {
+                numbers.renumbering.apply(&bytes).to_vec()
+            };
+            let sent = vp8::Descriptor::parse(&sent).unwrap();
+            Some((sent.picture_id?.value, sent.tl0_pic_idx?.1))
+        };
+        // The first layer keeps its own numbers.
+        assert_eq!(
+            send(&mut leg, Layer::High, 1, payload(9_000, 40, true)),
+            Some((9_000, 40))
+        );
+        assert_eq!(
+            send(&mut leg, Layer::High, 2, payload(9_001, 40, false)),
+            Some((9_001, 40))
+        );
+        // `l` numbers its pictures far behind `h`: on the leg they follow `h`'s.
+        leg.set_wish(Layer::Low);
+        assert_eq!(
+            send(&mut leg, Layer::Low, 1, payload(120, 3, true)),
+            Some((9_002, 41))
+        );
+        assert_eq!(
+            send(&mut leg, Layer::Low, 2, payload(121, 4, false)),
+            Some((9_003, 42))
+        );
+    }
+
+    #[test]
     fn a_layer_that_stops_arriving_gives_way_to_the_next_best() {
         let mut leg = video_leg();
         let now = Instant::now();
@@ -462,10 +578,13 @@ mod tests {
         let without_high: Layers = [Layer::Low, Layer::Medium].into_iter().collect();
         assert_eq!(leg.keyframe_wanted(without_high), Some(Layer::Medium));
         let medium = leg.admit(
-            Codec::Vp8,
-            true,
-            &layered(Layer::Medium, 40),
-            Layer::Medium,
+            &Arrival {
+                codec: Codec::Vp8,
+                header: &layered(Layer::Medium, 40),
+                vp8: None,
+                layer: Layer::Medium,
+                keyframe: true,
+            },
             without_high,
             now,
         );
@@ -479,10 +598,13 @@ mod tests {
         leg.set_payload_types(vec![(Codec::Opus, 111)]);
         assert_eq!(leg.keyframe_wanted(single()), None);
         let sent = leg.admit(
-            Codec::Opus,
-            false,
-            &header(5, 1, 960),
-            Layer::High,
+            &Arrival {
+                codec: Codec::Opus,
+                header: &header(5, 1, 960),
+                vp8: None,
+                layer: Layer::High,
+                keyframe: false,
+            },
             single(),
             Instant::now(),
         );

@@ -40,7 +40,7 @@ use tokio::time::sleep_until;
 use crate::media::allocation::{allocate, Demand};
 use crate::media::codec::{Codec, MediaKind};
 use crate::media::demux::{Demux, EndpointKey};
-use crate::media::down_track::{header_for_leg, DownTrack};
+use crate::media::down_track::{header_for_leg, Arrival, DownTrack};
 use crate::media::endpoint::{self, Endpoint, PublicationKey, Subscribed};
 use crate::media::engine::{
     Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription,
@@ -49,7 +49,7 @@ use crate::media::simulcast::{Incoming, Layer, Layers, LAYERS};
 use crate::media::tcp::{TcpFrame, TcpFrames, TcpLinks};
 use crate::media::udp::MediaSocket;
 use crate::media::voice::{self, VoiceActivity};
-use crate::media::{sdp, setup};
+use crate::media::{sdp, setup, vp8};
 use crate::telemetry;
 
 /// How often every connection's timers are looked at.
@@ -1058,6 +1058,16 @@ impl Media {
         let arriving = publication.incoming.arriving(now);
         let keyframe =
             publication.kind == MediaKind::Video && codec.starts_keyframe(&packet.payload);
+        let vp8 = (codec == Codec::Vp8)
+            .then(|| vp8::Descriptor::parse(&packet.payload))
+            .flatten();
+        let arrival = Arrival {
+            codec,
+            header: &packet.header,
+            vp8: vp8.as_ref(),
+            layer,
+            keyframe,
+        };
         let mut sent = 0;
         let mut waiting = Layers::default();
         for leg in &mut publication.legs {
@@ -1069,9 +1079,7 @@ impl Media {
             if !subscriber.connected {
                 continue;
             }
-            let admitted =
-                leg.down_track
-                    .admit(codec, keyframe, &packet.header, layer, arriving, now);
+            let admitted = leg.down_track.admit(&arrival, arriving, now);
             if let Some(goal) = leg.down_track.keyframe_wanted(arriving) {
                 waiting = waiting.with(goal);
             }
@@ -1086,10 +1094,15 @@ impl Media {
             let Some(numbers) = admitted else {
                 continue;
             };
+            let payload = if numbers.renumbering.is_none() {
+                // Shared, not copied.
+                packet.payload.clone()
+            } else {
+                numbers.renumbering.apply(&packet.payload)
+            };
             let copy = rtp::Packet {
                 header: header_for_leg(&packet.header, numbers),
-                // Shared, not copied.
-                payload: packet.payload.clone(),
+                payload,
             };
             if let Some(mut sender) = subscriber.pc.rtp_sender(leg.sender) {
                 if sender.write_rtp(now, copy).is_ok() {
