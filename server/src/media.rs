@@ -8,8 +8,8 @@
 //! - [`endpoint`]: one peer's sans-I/O peer connection and what its negotiations decided;
 //! - [`down_track`]: a subscriber's leg of a track, numbered for it by [`rewrite`] (and its VP8
 //!   pictures by [`vp8`]), on the
-//!   layer [`simulcast`] chooses, held within the subscriber's downlink ([`estimate`]) by
-//!   [`allocation`];
+//!   layer [`simulcast`] chooses, held within the subscriber's downlink ([`estimate`], from the
+//!   feedback [`twcc`] brings) by [`allocation`];
 //! - [`codec`]: the one table of forwarded codecs; [`sdp`] the little read from an offer;
 //!   [`setup`] the codecs and interceptors every peer connection uses; [`addresses`] the
 //!   machine's own addresses, candidates beside loopback; [`voice`] who is speaking, from
@@ -28,6 +28,7 @@ pub(crate) mod sdp;
 pub mod setup;
 pub(crate) mod simulcast;
 mod tcp;
+pub(crate) mod twcc;
 pub mod udp;
 pub mod voice;
 pub(crate) mod vp8;

@@ -1,6 +1,6 @@
 //! What a subscriber's downlink carries: the estimate the worker shares out among its tracks
 //! ([`crate::media::allocation`]). Each server connection runs webrtc-rs's GCC on its client's
-//! transport-wide feedback ([`crate::media::setup`] puts it in the chain), held under a
+//! transport-wide feedback ([`crate::media::twcc`] brings it), held under a
 //! ceiling of our own: when a window of feedback shows heavy loss, the estimate falls at once
 //! to what actually got through. GCC alone climbs without bound while the link is not full
 //! (a subscriber of small tiles leaves it far from full), and from there its loss half takes
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport};
+use rtc::interceptor::{BandwidthEstimator, Gcc, PacketReport};
 
 /// Where GCC starts, before the first feedback moves it: a link good enough for a large tile
 /// and a few small ones. The caps are not applied before that feedback.
@@ -67,28 +67,14 @@ impl DownlinkEstimator {
     }
 }
 
-impl BandwidthEstimator for DownlinkEstimator {
-    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+impl DownlinkEstimator {
+    /// Takes in the reports of one feedback, and tells the worker the estimate now.
+    pub fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.gcc.on_reports(now, reports);
         self.ceiling
             .on_reports(now, reports, self.gcc.target_bitrate());
-        self.shared.set(self.target_bitrate());
-    }
-
-    fn target_bitrate(&self) -> f64 {
-        self.ceiling.limit(self.gcc.target_bitrate())
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.gcc.handle_timeout(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.gcc.poll_timeout()
-    }
-
-    fn stats(&self) -> EstimatorStats {
-        self.gcc.stats()
+        self.shared
+            .set(self.ceiling.limit(self.gcc.target_bitrate()));
     }
 }
 

@@ -3,15 +3,14 @@
 //! the interceptors (NACK, RTCP reports, transport-wide congestion control), and the one of
 //! ours that brings keyframe requests to the application. The server's connections also
 //! number what they send transport-wide and estimate their client's downlink from its feedback
-//! ([`crate::media::estimate`]).
+//! ([`crate::media::twcc`], [`crate::media::estimate`]).
 
 use std::collections::VecDeque;
 
 use metrics::Counter;
 use rtc::interceptor::{
-    Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
     Packet as InterceptorPacket, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
-    TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -28,6 +27,7 @@ use rtc::sansio::Protocol;
 
 use crate::media::codec::{MediaKind, CODECS};
 use crate::media::estimate::{DownlinkEstimate, DownlinkEstimator};
+use crate::media::twcc::TransportWide;
 use crate::media::voice;
 
 /// Packets each sent stream keeps to answer NACKs: 1.7 s of a 1.5 Mbit/s video stream, far
@@ -65,12 +65,11 @@ pub fn media_and_interceptors(
         .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     let mut interceptors = configure_twcc_receiver_only(interceptors, &mut media)?;
     if let Some(estimate) = estimate {
-        interceptors = interceptors
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-            .with(
-                Slot::CongestionControl,
-                CongestionControlBuilder::new(DownlinkEstimator::new(estimate)).build(),
-            );
+        // Wire-most, below the NACK responder: retransmissions are numbered too.
+        interceptors = interceptors.with(
+            Slot::CongestionControl,
+            TransportWide::new(DownlinkEstimator::new(estimate)),
+        );
     }
     // Sender reports only, no receiver reports. A browser stops putting the mid and rid header
     // extensions in a simulcast layer's packets once a receiver report acknowledges the layer's

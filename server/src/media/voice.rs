@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 /// The header extension's URI, as negotiated in SDP.
-pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 
 /// Louder than this (in −dBov: 0 is the loudest, 127 silence) counts as voice. Speech at a
 /// normal distance from a laptop microphone, after the browser's gain control, sits around −20
