@@ -37,6 +37,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use server::media::codec::CODECS;
 use server::media::demux::stun_local_ufrag;
 use server::media::down_track::{header_for_leg, LegNumbers};
+use server::media::vp8;
 use server::media::setup::{codec, is_keyframe_request, media_and_interceptors};
 
 const CLIENT: &str = "127.0.0.1:50000";
@@ -229,11 +230,23 @@ fn read_rtp(packet: &rtc::rtp::Packet) {
     for spec in &CODECS {
         (spec.starts_keyframe)(&packet.payload);
     }
+    // A VP8 descriptor read, and renumbered as after a layer switch.
+    let renumbering = match vp8::Descriptor::parse(&packet.payload) {
+        Some(descriptor) => {
+            let mut continuity = vp8::Continuity::default();
+            continuity.renumber(1, &descriptor);
+            let renumbering = continuity.renumber(packet.header.ssrc ^ 1, &descriptor);
+            renumbering.apply(&packet.payload);
+            renumbering
+        }
+        None => vp8::Renumbering::default(),
+    };
     let leg = LegNumbers {
         ssrc: 0x1234,
         payload_type: 100,
         sequence: packet.header.sequence_number,
         timestamp: packet.header.timestamp,
+        renumbering,
     };
     header_for_leg(&packet.header, leg);
 }

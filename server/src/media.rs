@@ -31,5 +31,5 @@ mod tcp;
 pub(crate) mod twcc;
 pub mod udp;
 pub mod voice;
-pub(crate) mod vp8;
+pub mod vp8;
 mod worker;
