@@ -60,6 +60,13 @@ ensure_browser() {
   fi
 }
 
+# redis-server, which the cluster tests start on a loopback port of their own.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null; then
+    apt_install redis-server
+  fi
+}
+
 # trunk, for `trunk serve` while working on the client (scripts/build-client.sh builds without it).
 ensure_trunk() {
   local trunk_version=0.21.14 # 0.22 needs a newer rustc than these machines have

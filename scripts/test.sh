@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: the protocol, the server, the attack suite, and the browser
-# tests in headless Chromium against the real server serving the freshly built client, then the
-# browser tests once more over HTTPS; then a short fuzz run of every fuzz target. Installs what
-# they need.
+# Runs every test of the workspace: the protocol, the server, the attack suite, the cluster (with
+# a Redis of its own), and the browser tests in headless Chromium against the real server serving
+# the freshly built client, then the browser tests once more over HTTPS; then a short fuzz run of
+# every fuzz target. Installs what they need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 ensure_client_tools
 ensure_browser
+ensure_redis
 say "building the web client (scripts/build-client.sh)"
 scripts/build-client.sh
 say "running the tests"

@@ -153,6 +153,26 @@ pub struct Config {
     #[arg(long, env = "VIDEOROOM_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
 
+    /// Joins a cluster of nodes sharing this Redis (`redis://HOST:PORT[/DB]`): each room lives
+    /// on one node, placed on the least-loaded; a client reaching another node is relayed to
+    /// the room's. Without it the node stands alone and touches no network beyond its own.
+    #[arg(long, env = "VIDEOROOM_REDIS")]
+    pub redis: Option<String>,
+
+    /// This node's name in the cluster (default: HOSTNAME:PORT).
+    #[arg(long, env = "VIDEOROOM_NODE_ID", requires = "redis")]
+    pub node_id: Option<String>,
+
+    /// Where the other nodes reach this one's HTTP and signaling socket, e.g.
+    /// `http://10.0.0.2:4000` (default: the listening address, with --host).
+    #[arg(long, env = "VIDEOROOM_PUBLIC_URL", requires = "redis")]
+    pub public_url: Option<String>,
+
+    /// Takes no new rooms: the cluster places them on other nodes, and this node's rooms go on
+    /// until their last peer leaves.
+    #[arg(long, env = "VIDEOROOM_DRAIN", requires = "redis")]
+    pub drain: bool,
+
     #[command(flatten)]
     pub limits: Limits,
 

@@ -10,13 +10,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
 use tower_http::CompressionLevel;
 
+use crate::cluster::ClusterView;
 use crate::forwarded;
 use crate::origin;
 use crate::signaling::registry::{Counts, Registry};
+use crate::signaling::relay::{RELAY_CLIENT_HEADER, RELAY_SECRET_HEADER};
 use crate::signaling::socket;
 use crate::telemetry;
 use crate::web_client;
@@ -83,8 +85,23 @@ async fn upgrade(
             .get(name)
             .and_then(|value: &HeaderValue| value.to_str().ok())
     };
-    let client =
-        forwarded::client_address(peer, header(X_FORWARDED_FOR), &admission.trusted_proxies);
+    // Another node of the cluster relaying its client says who that client is.
+    let relayed = rooms
+        .settings()
+        .cluster
+        .as_ref()
+        .filter(|cluster| {
+            header(HeaderName::from_static(RELAY_SECRET_HEADER))
+                .is_some_and(|shown| same_secret(shown, cluster.secret()))
+        })
+        .and_then(|_| {
+            header(HeaderName::from_static(RELAY_CLIENT_HEADER))?
+                .parse::<SocketAddr>()
+                .ok()
+        });
+    let client = relayed.unwrap_or_else(|| {
+        forwarded::client_address(peer, header(X_FORWARDED_FOR), &admission.trusted_proxies)
+    });
     if let Err(refused) = origin::check(
         header(header::ORIGIN),
         header(header::HOST),
@@ -108,8 +125,31 @@ async fn upgrade(
     }
 }
 
-async fn stats(State(rooms): State<Registry>) -> Json<Counts> {
-    Json(rooms.counts())
+/// What `/stats` says: this node's counts, and in a cluster every node and room.
+#[derive(Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    counts: Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
+}
+
+async fn stats(State(rooms): State<Registry>) -> Response {
+    let cluster = match &rooms.settings().cluster {
+        None => None,
+        Some(cluster) => match cluster.view().await {
+            Ok(view) => Some(view),
+            Err(err) => {
+                let reason = format!("the cluster's state is unavailable: {err}\n");
+                return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+            }
+        },
+    };
+    Json(Stats {
+        counts: rooms.counts(),
+        cluster,
+    })
+    .into_response()
 }
 
 /// Lets a request through if no token is configured, or if it carries `Bearer TOKEN`.
@@ -145,6 +185,12 @@ fn same_secret(presented: &str, token: &str) -> bool {
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(rooms): State<Registry>) -> Response {
+    if let Some(cluster) = &rooms.settings().cluster {
+        match cluster.view().await {
+            Ok(view) => telemetry::cluster(&view),
+            Err(err) => tracing::warn!(%err, "metrics without the cluster's view"),
+        }
+    }
     let text = telemetry::render(rooms.counts(), &rooms.worker_loads());
     (
         [(

@@ -7,12 +7,14 @@
 //! - [`media`]: media worker threads, each with one UDP socket and the peer connections of the
 //!   rooms placed on it; incoming RTP goes straight to the subscribers' down-tracks on the same
 //!   thread, never through the room;
-//! - [`turn`]: the embedded TURN server, for browsers that cannot reach the media ports.
+//! - [`turn`]: the embedded TURN server, for browsers that cannot reach the media ports;
+//! - [`cluster`]: with `--redis`, the nodes sharing rooms through Redis.
 //!
 //! [`limits`] holds every bound a client could otherwise push, [`test_hooks`] the faults tests
 //! inject.
 
 pub mod access;
+pub mod cluster;
 mod config;
 mod forwarded;
 mod http;
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::access::JoinSecret;
+use crate::cluster::Cluster;
 use crate::media::engine::{MediaEngine, MediaSettings};
 use crate::signaling::registry::Registry;
 use crate::signaling::room::RoomSettings;
@@ -72,17 +75,37 @@ pub async fn serve(
         .unzip();
     let media_addresses = (media.candidate_ips(), media.ports());
     let (turn_server, turn) = turn::start(&config, media_addresses, tls.as_ref())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let cluster = match &config.redis {
+        None => None,
+        Some(redis) => {
+            let id = config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", hostname(), address.port()));
+            let url = config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{address}"));
+            let cluster = Cluster::connect(redis, id, url, config.drain)
+                .await
+                .with_context(|| format!("cannot join the cluster at {redis}"))?;
+            tracing::info!(node = cluster.id(), "in the cluster of {redis}");
+            Some(cluster)
+        }
+    };
     let rooms = Registry::new(RoomSettings {
         limits: Arc::new(config.limits.clone()),
         media: media.clone(),
         test_hooks: config.test_hooks.clone(),
         turn,
         join_secret: config.join_secret.as_deref().map(JoinSecret::new),
+        cluster: cluster.clone(),
     });
+    let heartbeat = cluster.map(|cluster| cluster.spawn_heartbeat(rooms.clone()));
     // A certificate from files follows them (SIGHUP, or a change seen on disk).
     let following = tokio::spawn(tls::follow(reloadable.flatten(), tls::hangups()));
     let app = http::router(&config, rooms.clone());
-    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("videoroom listening on {scheme}://{address}");
     let (stop, stopped) = oneshot::channel();
     let signal = async move {
@@ -106,10 +129,23 @@ pub async fn serve(
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}; leaving them");
     }
     following.abort();
+    if let Some(heartbeat) = heartbeat {
+        // It removes the node's record on its way out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), heartbeat).await;
+    }
     drop(turn_server);
     // The peers were told; their media connections close with the workers.
     tokio::task::spawn_blocking(move || media.stop(MEDIA_STOP_GRACE))
         .await
         .context("stopping the media workers")?;
     Ok(())
+}
+
+/// The machine's name, for a default node id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::cluster::ClusterView;
 use crate::media::engine::WorkerLoad;
 use crate::signaling::registry::Counts;
 
@@ -114,4 +115,21 @@ pub fn render(counts: Counts, worker_loads: &[WorkerLoad]) -> String {
             .absolute(load.busy.as_micros() as u64);
     }
     handle.render()
+}
+
+/// The cluster's gauges: each live node's rooms (by their records), peers and CPU.
+pub fn cluster(view: &ClusterView) {
+    metrics::gauge!("videoroom_cluster_nodes").set(view.nodes.len() as f64);
+    for node in &view.nodes {
+        let rooms = view
+            .rooms
+            .values()
+            .filter(|owner| **owner == node.id)
+            .count();
+        let id = node.id.clone();
+        metrics::gauge!("videoroom_cluster_node_rooms", "node" => id.clone()).set(rooms as f64);
+        metrics::gauge!("videoroom_cluster_node_peers", "node" => id.clone())
+            .set(node.peers as f64);
+        metrics::gauge!("videoroom_cluster_node_cpu_percent", "node" => id).set(node.cpu);
+    }
 }

@@ -13,6 +13,7 @@ pub mod load;
 pub mod netns;
 pub mod phoenix;
 pub mod process;
+pub mod redis;
 pub mod synthetic;
 pub mod throttle;
 

@@ -54,6 +54,18 @@ impl ProcessSample {
             rss_bytes: crate::process::memory_of(pid, "VmRSS")?,
         })
     }
+
+    /// The sum over `pids`, if there are any and each can be read.
+    fn read_all(pids: &[u32]) -> Option<ProcessSample> {
+        let samples: Vec<ProcessSample> = pids
+            .iter()
+            .map(|pid| ProcessSample::read(*pid).ok())
+            .collect::<Option<_>>()?;
+        (!samples.is_empty()).then(|| ProcessSample {
+            cpu_seconds: samples.iter().map(|sample| sample.cpu_seconds).sum(),
+            rss_bytes: samples.iter().map(|sample| sample.rss_bytes).sum(),
+        })
+    }
 }
 
 /// The figures of one measured window.
@@ -94,7 +106,8 @@ pub struct Load {
     pub peers: Vec<SyntheticPeer>,
     /// Which peers joined a room where media already flowed, for the join time.
     pub late_joiners: Vec<usize>,
-    pub server_pid: Option<u32>,
+    /// The server's processes (a cluster's nodes), whose CPU and memory are summed.
+    pub server_pids: Vec<u32>,
 }
 
 /// Counters at one instant, to subtract.
@@ -108,11 +121,11 @@ struct Snapshot {
 }
 
 impl Load {
-    pub fn new(server_pid: Option<u32>) -> Load {
+    pub fn new(server_pids: Vec<u32>) -> Load {
         Load {
             peers: Vec::new(),
             late_joiners: Vec::new(),
-            server_pid,
+            server_pids,
         }
     }
 
@@ -201,9 +214,7 @@ impl Load {
             packets,
             bytes,
             latency_marks,
-            server: self
-                .server_pid
-                .and_then(|pid| ProcessSample::read(pid).ok()),
+            server: ProcessSample::read_all(&self.server_pids),
             generator: ProcessSample::read(std::process::id()).ok(),
         }
     }

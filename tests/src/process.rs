@@ -90,6 +90,11 @@ impl ServerProcess {
             .context("cannot wait for the server")
     }
 
+    /// Kills the process at once (SIGKILL), as a machine failing would, and waits for it.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("cannot kill the server")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -10,7 +10,7 @@ use e2e::TestServer;
 async fn a_small_meeting_forwards_media_and_reports_figures() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     // The server runs in this process, so its CPU cannot be told from the peers': not measured.
-    let mut load = Load::new(None);
+    let mut load = Load::new(Vec::new());
     for index in 0..3 {
         load.join(
             &server.socket_url(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use e2e::netns::NarrowLink;
+use e2e::redis::RedisServer;
 use e2e::synthetic::{PeerOptions, SyntheticPeer};
 use e2e::{Browser, LaunchOptions, TestServer};
 use serde_json::{json, Value};
@@ -1057,6 +1058,57 @@ async fn tiles_get_the_layers_that_fit(
     )
     .await?;
     assert_decoding(bob, "Ann", "Bob's page, Ann pinned").await
+}
+
+/// Ann and Bob open the pages of two nodes of a cluster (one Redis) and join one room: they
+/// see and hear each other, and the room lives on one of the nodes (the other relays its
+/// visitor's signaling there; the media goes to the room's node directly). Runs in the HTTP
+/// pass: nodes relay to each other over `ws://`.
+#[tokio::test]
+async fn two_people_on_two_nodes_of_a_cluster_see_each_other() -> anyhow::Result<()> {
+    if e2e::https::over_https() {
+        println!("skipped: the cluster runs in the HTTP pass (nodes relay over ws://)");
+        return Ok(());
+    }
+    let _turn = BROWSER_TURN.lock().await;
+    let redis = RedisServer::start().await?;
+    let node = |id: &str| -> anyhow::Result<server::Config> {
+        Ok(server::Config {
+            redis: Some(redis.url()),
+            node_id: Some(id.to_owned()),
+            ..TestServer::client_config()?
+        })
+    };
+    let a = TestServer::start_with(node("a")?).await?;
+    let b = TestServer::start_with(node("b")?).await?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        let (home_a, home_b) = (a.url("/"), b.url("/"));
+        tokio::try_join!(
+            join_from(&ann, &home_a, "nodes", "Ann"),
+            join_from(&bob, &home_b, "nodes", "Bob"),
+        )?;
+        tokio::try_join!(
+            first_remote_frame(&ann, "Bob", Instant::now()),
+            first_remote_frame(&bob, "Ann", Instant::now()),
+        )?;
+        tokio::try_join!(
+            assert_playing(&ann, "Bob", "Ann's page"),
+            assert_playing(&bob, "Ann", "Bob's page"),
+            assert_hearing(&ann, "Bob", "Ann's page"),
+            assert_hearing(&bob, "Ann", "Bob's page"),
+        )?;
+        let (at_a, at_b) = (a.counts().await?, b.counts().await?);
+        println!("node a holds {at_a:?}, node b {at_b:?}");
+        ensure!(
+            [(at_a.rooms, at_a.peers), (at_b.rooms, at_b.peers)].contains(&(1, 2))
+                && at_a.rooms + at_b.rooms == 1,
+            "the room is not on exactly one node: a {at_a:?}, b {at_b:?}"
+        );
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("cluster-ann", ann), ("cluster-bob", bob)]).await
 }
 
 /// Ann sends her camera in three layers; Bob and Carol watch, her tile pinned (they wish

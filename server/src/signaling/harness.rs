@@ -52,6 +52,7 @@ impl RoomHarness {
             test_hooks: hooks.then(TestHooks::default),
             turn: TurnServers::new(config, None),
             join_secret: None,
+            cluster: None,
         };
         let id = RoomId::new("harness").expect("a valid room name");
         let (room, reports) = Room::new(id, Arc::new(settings));

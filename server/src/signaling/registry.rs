@@ -148,7 +148,8 @@ impl Registry {
         Ok(room)
     }
 
-    /// Forgets the room `room_id` if it is still the one of `generation`.
+    /// Forgets the room `room_id` if it is still the one of `generation`; in a cluster, its
+    /// record goes too (unless a new room of that name opened here meanwhile).
     pub(crate) fn forget(&self, room_id: &RoomId, generation: u64) {
         let mut rooms = self.lock();
         if rooms
@@ -156,7 +157,20 @@ impl Registry {
             .is_some_and(|room| room.generation == generation)
         {
             rooms.remove(room_id);
+            if let Some(cluster) = self.inner.settings.cluster.clone() {
+                let (registry, room_id) = (self.clone(), room_id.clone());
+                tokio::spawn(async move {
+                    if !registry.lock().contains_key(&room_id) {
+                        cluster.release(&room_id).await;
+                    }
+                });
+            }
         }
+    }
+
+    /// The names of the rooms open here.
+    pub fn room_ids(&self) -> Vec<RoomId> {
+        self.lock().keys().cloned().collect()
     }
 
     pub fn counts(&self) -> Counts {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 use crate::access::JoinSecret;
+use crate::cluster::Cluster;
 use crate::limits::{LimitExceeded, Limits, QuotaGuard, CHAT_NAME_CHARS};
 use crate::media::codec::MediaKind;
 use crate::media::engine::{
@@ -75,6 +76,8 @@ pub struct RoomSettings {
     pub turn: TurnServers,
     /// With access control on, what checks join tokens.
     pub join_secret: Option<JoinSecret>,
+    /// With `--redis`, the cluster this node is part of.
+    pub cluster: Option<Cluster>,
 }
 
 /// The way to a room's task.

@@ -17,12 +17,14 @@ use shared::metadata;
 use shared::phoenix::PHOENIX_TOPIC;
 use shared::server_event::ErrorMessage;
 use shared::{ClientEvent, DecodeError, Frame, PeerId, PhoenixEvent, RoomId, ServerEvent};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::cluster::Placement;
 use crate::limits::{AddressGuard, LimitExceeded, Limits};
 use crate::signaling::outbox::{Delivery, Outbox};
 use crate::signaling::registry::Registry;
+use crate::signaling::relay::{FromNode, Relay};
 use crate::signaling::room::{RoomHandle, RoomMessage};
 use crate::telemetry;
 
@@ -63,6 +65,12 @@ const CLOSE_IDLE: Close = Close::fixed(1001, "idle timeout");
 const CLOSE_BINARY: Close = Close::fixed(1003, "binary frames are not supported");
 const CLOSE_NOT_UTF8: Close = Close::fixed(1007, "text frames must be valid UTF-8");
 const CLOSE_RESTART: Close = Close::fixed(1001, ErrorMessage::SERVER_RESTARTING);
+const CLOSE_NODE_GONE: Close = Close::fixed(
+    1012,
+    "the server holding your room went away; reconnect to continue",
+);
+/// Frames from the nodes of relayed rooms waiting for the client's socket.
+const RELAYED_FRAMES: usize = 256;
 
 /// Refuses a socket past the per-address limit: accepted only to be closed with the reason.
 pub async fn refuse(ws: WebSocket, client: SocketAddr, limit: usize) {
@@ -99,11 +107,15 @@ pub async fn serve(
         .test_hooks
         .as_ref()
         .map(|hooks| hooks.cuts());
+    let (from_nodes, mut relayed) = mpsc::channel(RELAYED_FRAMES);
     let mut socket = Socket {
         sink,
         rooms,
         outbox,
         channels: HashMap::new(),
+        client,
+        relays: HashMap::new(),
+        from_nodes,
         flood: TokenBucket::new(2.0 * rate, rate),
         chat: TokenBucket::new(
             CHAT_BURST,
@@ -145,6 +157,21 @@ pub async fn serve(
                     Some(Err(err)) => break socket.read_failure(err),
                 }
             }
+            Some(from_node) = relayed.recv() => match from_node {
+                FromNode::Frame(text) => {
+                    if socket.send_text(text).await.is_err() {
+                        break None;
+                    }
+                }
+                FromNode::Closed { topic, reason } => {
+                    if socket.relays.remove(&topic).is_some() {
+                        // The room's node went away: the client reconnects, and its room is
+                        // placed again on a live node.
+                        tracing::info!(%client, topic, reason, "relayed room's node closed");
+                        break Some(CLOSE_NODE_GONE);
+                    }
+                }
+            },
             Some(delivery) = deliveries.recv() => match socket.deliver(delivery).await {
                 Ok(None) => {}
                 Ok(Some(close)) => break Some(close),
@@ -235,6 +262,11 @@ struct Socket {
     limits: Limits,
     /// The socket's join token, if it was given one.
     token: Option<String>,
+    client: SocketAddr,
+    /// In a cluster, the joined topics whose rooms live on other nodes.
+    relays: HashMap<String, Relay>,
+    /// What those nodes send back.
+    from_nodes: mpsc::Sender<FromNode>,
 }
 
 /// The socket can no longer be written to.
@@ -243,7 +275,12 @@ struct SocketGone;
 impl Socket {
     /// Writes one frame, waiting at most `--write-timeout` for a client that does not read.
     async fn send(&mut self, frame: Frame) -> Result<(), SocketGone> {
-        let text = Utf8Bytes::from(frame.encode());
+        self.send_text(frame.encode()).await
+    }
+
+    /// Writes one encoded frame, as [`Socket::send`].
+    async fn send_text(&mut self, text: String) -> Result<(), SocketGone> {
+        let text = Utf8Bytes::from(text);
         let write_timeout = self.limits.write_timeout;
         match timeout(write_timeout, self.sink.send(Message::Text(text))).await {
             Ok(Ok(())) => Ok(()),
@@ -316,6 +353,14 @@ impl Socket {
                 return self.send(socket_error(&err.to_string())).await;
             }
         };
+        if let Some(relay) = self.relays.get(&frame.topic) {
+            if frame.event != PhoenixEvent::Join {
+                relay.send(text.to_owned());
+                return Ok(());
+            }
+            // A new join of the topic: the old relay goes, and the join is placed anew.
+            self.relays.remove(&frame.topic);
+        }
         match (&frame.event, frame.topic.as_str()) {
             (PhoenixEvent::Heartbeat, PHOENIX_TOPIC) => self.send(frame.reply_ok()).await,
             (PhoenixEvent::Join, _) => self.on_join(frame).await,
@@ -355,7 +400,8 @@ impl Socket {
             old.leave_room().await;
             self.send(Frame::close(&old_ref, &frame.topic)).await?;
         }
-        if self.channels.len() >= self.limits.max_rooms_per_socket {
+        // Relayed channels count too: each holds a socket to another node.
+        if self.channels.len() + self.relays.len() >= self.limits.max_rooms_per_socket {
             let refused = LimitExceeded::new(
                 format!("joining room {room_id} too"),
                 self.limits.max_rooms_per_socket,
@@ -375,6 +421,18 @@ impl Socket {
                 }
             },
         };
+        if let Some(cluster) = self.rooms.settings().cluster.clone() {
+            let counts = self.rooms.counts();
+            match cluster.place(&room_id, (counts.peers, counts.rooms)).await {
+                Ok(Placement::Here) => {}
+                Ok(Placement::Elsewhere(node)) => return self.relay(frame, &node.url).await,
+                Err(err) => {
+                    tracing::warn!(room = %room_id, %err, "join refused: no placement");
+                    let reason = format!("the room cannot be placed in the cluster: {err}");
+                    return self.send(frame.reply_error(&reason)).await;
+                }
+            }
+        }
         let peer_id = PeerId::from(uuid::Uuid::new_v4());
         tracing::info!(room = %room_id, peer = %peer_id, "channel joined");
         self.channels.insert(
@@ -388,6 +446,35 @@ impl Socket {
             },
         );
         self.send(frame.reply_ok()).await
+    }
+
+    /// Carries the channel `join` opens to the node at `node_url`, where its room lives: the
+    /// join goes there, and so does every later frame of its topic.
+    async fn relay(&mut self, join: Frame, node_url: &str) -> Result<(), SocketGone> {
+        let Some(cluster) = &self.rooms.settings().cluster else {
+            return Ok(());
+        };
+        let opened = Relay::open(
+            node_url,
+            cluster.secret(),
+            self.client,
+            self.token.as_deref(),
+            join.topic.clone(),
+            self.from_nodes.clone(),
+        )
+        .await;
+        match opened {
+            Ok(relay) => {
+                tracing::info!(client = %self.client, topic = join.topic, node_url, "channel relayed");
+                relay.send(join.encode());
+                self.relays.insert(join.topic.clone(), relay);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(topic = join.topic, %err, "join refused: relay failed");
+                self.send(join.reply_error(&err.to_string())).await
+            }
+        }
     }
 
     /// Tells each joined peer the server is going away: an `error` media event (the client

@@ -44,11 +44,13 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     ramp_max: usize,
     /// A running server's socket URL (ws://host:port/socket/websocket?vsn=2.0.0) instead of
-    /// starting one; give --server-pid too for its CPU and memory.
-    #[arg(long)]
-    server: Option<String>,
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// starting one; give --server-pid too for its CPU and memory. Several (comma-separated:
+    /// the nodes of a cluster): the peers join through each in turn.
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<String>,
+    /// The process id of each --server, whose CPU and memory are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// The server binary to start (default: `videoroom` beside this binary).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -60,12 +62,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (socket_url, server_pid, _spawned) = match &args.server {
-        Some(url) => (url.clone(), args.server_pid, None),
-        None => {
-            let spawned = spawn_server(args.server_bin.clone()).await?;
-            (spawned.socket_url(), Some(spawned.pid), Some(spawned))
-        }
+    let (servers, server_pids, _spawned) = if args.server.is_empty() {
+        let spawned = spawn_server(args.server_bin.clone()).await?;
+        (
+            Servers(vec![spawned.socket_url()]),
+            vec![spawned.pid],
+            Some(spawned),
+        )
+    } else {
+        (Servers(args.server.clone()), args.server_pid.clone(), None)
     };
     let scenarios = match args.scenario {
         Scenario::All => vec![Scenario::Meeting, Scenario::Broadcast, Scenario::Ramp],
@@ -76,15 +81,15 @@ async fn main() -> anyhow::Result<()> {
     for scenario in scenarios {
         let figures = match scenario {
             Scenario::Meeting => {
-                vec![meeting(&socket_url, server_pid, args.rooms, args.peers, window).await?]
+                vec![meeting(&servers, &server_pids, args.rooms, args.peers, window).await?]
             }
             Scenario::Broadcast => {
-                vec![broadcast(&socket_url, server_pid, args.subscribers, window).await?]
+                vec![broadcast(&servers, &server_pids, args.subscribers, window).await?]
             }
             Scenario::Ramp => {
                 ramp(
-                    &socket_url,
-                    server_pid,
+                    &servers,
+                    &server_pids,
                     args.ramp_step,
                     args.ramp_max,
                     window,
@@ -105,20 +110,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn meeting(
-    socket_url: &str,
-    server_pid: Option<u32>,
+    servers: &Servers,
+    server_pids: &[u32],
     rooms: usize,
     peers: usize,
     window: Duration,
 ) -> anyhow::Result<Figures> {
     eprintln!("meeting: {rooms} rooms × {peers} peers, all publishing");
-    let mut load = Load::new(server_pid);
+    let mut load = Load::new(server_pids.to_vec());
     let mut room_of = Vec::new();
     for room in 0..rooms {
         for index in 0..peers {
             let name = format!("room{room}-peer{index}");
             load.join(
-                socket_url,
+                servers.nth(room * peers + index),
                 &format!("meeting-{room}"),
                 load::publisher(&name),
                 index > 0,
@@ -138,19 +143,24 @@ async fn meeting(
 
 /// One publisher and `subscribers` receivers in one room.
 async fn broadcast(
-    socket_url: &str,
-    server_pid: Option<u32>,
+    servers: &Servers,
+    server_pids: &[u32],
     subscribers: usize,
     window: Duration,
 ) -> anyhow::Result<Figures> {
     eprintln!("broadcast: 1 publisher → {subscribers} subscribers");
-    let mut load = Load::new(server_pid);
-    load.join(socket_url, "broadcast", load::publisher("publisher"), false)
-        .await?;
+    let mut load = Load::new(server_pids.to_vec());
+    load.join(
+        servers.nth(0),
+        "broadcast",
+        load::publisher("publisher"),
+        false,
+    )
+    .await?;
     load.wait_until_sending(0, Duration::from_secs(30)).await?;
     for index in 0..subscribers {
         load.join(
-            socket_url,
+            servers.nth(index + 1),
             "broadcast",
             PeerOptions::receive_only(&format!("viewer{index}")),
             true,
@@ -168,15 +178,15 @@ async fn broadcast(
 
 /// Adds receivers `step` at a time until loss passes 1 % or p99 latency 100 ms, or `max`.
 async fn ramp(
-    socket_url: &str,
-    server_pid: Option<u32>,
+    servers: &Servers,
+    server_pids: &[u32],
     step: usize,
     max: usize,
     window: Duration,
 ) -> anyhow::Result<Vec<Figures>> {
     eprintln!("ramp: 1 publisher, +{step} subscribers per step up to {max}");
-    let mut load = Load::new(server_pid);
-    load.join(socket_url, "ramp", load::publisher("publisher"), false)
+    let mut load = Load::new(server_pids.to_vec());
+    load.join(servers.nth(0), "ramp", load::publisher("publisher"), false)
         .await?;
     load.wait_until_sending(0, Duration::from_secs(30)).await?;
     let mut rows = Vec::new();
@@ -185,7 +195,7 @@ async fn ramp(
         for _ in 0..step.min(max - subscribers) {
             subscribers += 1;
             load.join(
-                socket_url,
+                servers.nth(subscribers),
                 "ramp",
                 PeerOptions::receive_only(&format!("viewer{subscribers}")),
                 true,
@@ -210,6 +220,15 @@ async fn ramp(
     }
     load.leave().await;
     Ok(rows)
+}
+
+/// The socket URLs peers join through, in turn.
+struct Servers(Vec<String>);
+
+impl Servers {
+    fn nth(&self, peer: usize) -> &str {
+        &self.0[peer % self.0.len()]
+    }
 }
 
 async fn spawn_server(binary: Option<PathBuf>) -> anyhow::Result<ServerProcess> {
