@@ -158,9 +158,7 @@ impl Cluster {
                     return Ok(Placement::Elsewhere(node.clone()));
                 }
                 // Its node is dead: the record goes, and the room is placed again.
-                let _: i64 = self
-                    .query(redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&key).arg(&owner))
-                    .await?;
+                self.release_if_on(room, &owner).await?;
                 tracing::info!(room = %room, dead = owner, "room placed again: its node is gone");
             }
             let rooms = self.room_counts().await?;
@@ -183,20 +181,31 @@ impl Cluster {
         Err(ClusterError::NoNode)
     }
 
+    /// `node` could not be reached to relay a join of `room`: the room's record goes if it
+    /// still names that node, and so does the node's own record (a live node writes it again
+    /// within a heartbeat), so the room is placed on a node that answers.
+    pub async fn unreachable(&self, room: &RoomId, node: &str) {
+        let released = self.release_if_on(room, node).await;
+        let forgotten = self
+            .query::<i64>(redis::cmd("DEL").arg(node_key(node)))
+            .await;
+        if let Err(err) = released.and(forgotten) {
+            tracing::warn!(room = %room, node, %err, "records of an unreachable node not removed");
+        }
+    }
+
     /// Forgets `room`'s record if it names this node (its last peer left).
     pub async fn release(&self, room: &RoomId) {
-        let released = self
-            .query::<i64>(
-                redis::cmd("EVAL")
-                    .arg(RELEASE)
-                    .arg(1)
-                    .arg(room_key(room))
-                    .arg(&self.id),
-            )
-            .await;
-        if let Err(err) = released {
+        if let Err(err) = self.release_if_on(room, &self.id).await {
             tracing::warn!(room = %room, %err, "room record not removed; it expires");
         }
+    }
+
+    /// Deletes `room`'s record if it names `node`.
+    async fn release_if_on(&self, room: &RoomId, node: &str) -> Result<(), ClusterError> {
+        let mut release = redis::cmd("EVAL");
+        release.arg(RELEASE).arg(1).arg(room_key(room)).arg(node);
+        self.query::<i64>(&release).await.map(drop)
     }
 
     /// The live nodes' records.

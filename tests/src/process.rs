@@ -129,6 +129,11 @@ pub fn memory_of(pid: u32, field: &str) -> anyhow::Result<u64> {
 
 /// What `/stats` at `base_url` says: rooms, peers and peer connections alive now.
 pub async fn counts(base_url: &str) -> anyhow::Result<server::Counts> {
+    Ok(serde_json::from_value(stats(base_url).await?)?)
+}
+
+/// All `/stats` at `base_url` says, the cluster's view included.
+pub async fn stats(base_url: &str) -> anyhow::Result<serde_json::Value> {
     let body = reqwest::get(format!("{base_url}/stats"))
         .await?
         .error_for_status()?

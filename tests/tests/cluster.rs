@@ -27,12 +27,14 @@ async fn node(redis: &RedisServer, id: &str) -> anyhow::Result<ServerProcess> {
 
 /// What a node's `/stats` says, the cluster's view included.
 async fn stats(node: &ServerProcess) -> anyhow::Result<Value> {
-    let body = reqwest::get(node.url("/stats"))
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(serde_json::from_str(&body)?)
+    e2e::process::stats(&node.url("")).await
+}
+
+/// A client holding a channel of `room` open through `node` (its first join places the room).
+async fn open_room(node: &ServerProcess, room: &str) -> anyhow::Result<PhoenixClient> {
+    let mut client = PhoenixClient::connect(&node.socket_url()).await?;
+    client.join(&RoomId::new(room)?.topic()).await?;
+    Ok(client)
 }
 
 /// The node the cluster's records put `room` on.
@@ -99,11 +101,7 @@ async fn rooms_created_through_alternating_nodes_are_spread() -> anyhow::Result<
     let mut clients = Vec::new();
     for index in 0..20 {
         let through = if index % 2 == 0 { &a } else { &b };
-        let mut client = PhoenixClient::connect(&through.socket_url()).await?;
-        client
-            .join(&RoomId::new(format!("spread-{index}"))?.topic())
-            .await?;
-        clients.push(client);
+        clients.push(open_room(through, &format!("spread-{index}")).await?);
     }
     let view = stats(&a).await?;
     let rooms = view["cluster"]["rooms"]
@@ -145,11 +143,7 @@ async fn a_draining_node_takes_no_new_room() -> anyhow::Result<()> {
     let (a, b) = tokio::try_join!(ServerProcess::spawn(&binary, &draining), node(&redis, "b"))?;
     let mut clients = Vec::new();
     for index in 0..4 {
-        let mut client = PhoenixClient::connect(&a.socket_url()).await?;
-        client
-            .join(&RoomId::new(format!("drained-{index}"))?.topic())
-            .await?;
-        clients.push(client);
+        clients.push(open_room(&a, &format!("drained-{index}")).await?);
     }
     let view = stats(&b).await?;
     let rooms = &view["cluster"]["rooms"];

@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use e2e::netns::NarrowLink;
+use e2e::phoenix::PhoenixClient;
+use e2e::process::ServerProcess;
 use e2e::redis::RedisServer;
 use e2e::synthetic::{PeerOptions, SyntheticPeer};
 use e2e::{Browser, LaunchOptions, TestServer};
 use serde_json::{json, Value};
+use shared::RoomId;
 
 /// From clicking Join to the first frame of someone else's video; generous, not a target.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(20);
@@ -966,8 +969,7 @@ async fn each_tile_receives_the_simulcast_layer_that_fits_it() -> anyhow::Result
     finish(outcome, vec![("layers-ann", ann), ("layers-bob", bob)]).await
 }
 
-/// The same between two Firefoxes: Firefox numbers each layer's pictures on its own too, and
-/// its decoder goes on across the server's switches only because the server renumbers them.
+/// The same between two Firefoxes, whose pages send their cameras in three layers too.
 #[tokio::test]
 async fn each_firefox_tile_receives_the_simulcast_layer_that_fits_it() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
@@ -1109,6 +1111,115 @@ async fn two_people_on_two_nodes_of_a_cluster_see_each_other() -> anyhow::Result
     }
     .await;
     finish(outcome, vec![("cluster-ann", ann), ("cluster-bob", bob)]).await
+}
+
+/// Ann's page is on node a, Bob's on node c, their room on node b (placed there while b was
+/// the only node). Node b is killed (SIGKILL): both pages reconnect by themselves through
+/// their own nodes, the room is placed again on a live node, and they see each other again
+/// within 10 s.
+#[tokio::test]
+async fn when_the_rooms_node_dies_the_pages_meet_again_through_live_nodes() -> anyhow::Result<()> {
+    if e2e::https::over_https() {
+        println!("skipped: the cluster runs in the HTTP pass (nodes relay over ws://)");
+        return Ok(());
+    }
+    const FAILOVER: Duration = Duration::from_secs(10);
+    let _turn = BROWSER_TURN.lock().await;
+    let redis = RedisServer::start().await?;
+    let binary = ServerProcess::binary_beside_this_one()?;
+    let static_dir = TestServer::client_config()?
+        .static_dir
+        .context("no built client")?;
+    let static_dir = static_dir.to_string_lossy().into_owned();
+    let redis_url = redis.url();
+    let node = |id: &'static str| {
+        let args = [
+            "--redis",
+            &redis_url,
+            "--node-id",
+            id,
+            "--static-dir",
+            &static_dir,
+        ]
+        .map(str::to_owned);
+        let binary = binary.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServerProcess::spawn(&binary, &args).await
+        }
+    };
+    // Alone at first, node b takes the room (a channel of a plain client holds it there).
+    let mut b = node("b").await?;
+    let mut holder = PhoenixClient::connect(&b.socket_url()).await?;
+    holder.join(&RoomId::new("failover")?.topic()).await?;
+    let (a, c) = tokio::try_join!(node("a"), node("c"))?;
+    let (ann, bob) = tokio::try_join!(Browser::launch(), Browser::launch())?;
+    let outcome = async {
+        let (home_a, home_c) = (a.url("/"), c.url("/"));
+        tokio::try_join!(
+            join_from(&ann, &home_a, "failover", "Ann"),
+            join_from(&bob, &home_c, "failover", "Bob"),
+        )?;
+        tokio::try_join!(
+            first_remote_frame(&ann, "Bob", Instant::now()),
+            first_remote_frame(&bob, "Ann", Instant::now()),
+        )?;
+        let before = e2e::process::stats(&a.url("")).await?;
+        ensure!(
+            before["cluster"]["rooms"]["failover"] == "b",
+            "the room is not on b: {}",
+            before["cluster"]
+        );
+
+        b.kill().await?;
+        let killed = Instant::now();
+        for (page, name) in [(&ann, "Ann"), (&bob, "Bob")] {
+            wait_for_status(page, "reconnecting", FAILOVER)
+                .await
+                .with_context(|| format!("{name}'s page noticing the node's death"))?;
+        }
+        for (page, name) in [(&ann, "Ann"), (&bob, "Bob")] {
+            let left = FAILOVER.saturating_sub(killed.elapsed());
+            wait_for_status(page, "joined", left)
+                .await
+                .with_context(|| format!("{name}'s page joining again"))?;
+        }
+        tokio::try_join!(
+            playing_within(
+                &ann,
+                "Bob",
+                "Ann's page",
+                FAILOVER.saturating_sub(killed.elapsed())
+            ),
+            playing_within(
+                &bob,
+                "Ann",
+                "Bob's page",
+                FAILOVER.saturating_sub(killed.elapsed())
+            ),
+        )?;
+        println!(
+            "node b killed: Ann (node a) and Bob (node c) see each other again {} ms later",
+            killed.elapsed().as_millis()
+        );
+        let after = e2e::process::stats(&a.url("")).await?;
+        let owner = &after["cluster"]["rooms"]["failover"];
+        ensure!(
+            owner == "a" || owner == "c",
+            "the room is not on a live node: {}",
+            after["cluster"]
+        );
+        let nodes = &after["cluster"]["nodes"];
+        ensure!(
+            nodes
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().all(|node| node["id"] != "b")),
+            "the dead node's record is still there: {nodes}"
+        );
+        Ok(())
+    }
+    .await;
+    finish(outcome, vec![("failover-ann", ann), ("failover-bob", bob)]).await
 }
 
 /// Ann sends her camera in three layers; Bob and Carol watch, her tile pinned (they wish

@@ -421,18 +421,9 @@ impl Socket {
                 }
             },
         };
-        if let Some(cluster) = self.rooms.settings().cluster.clone() {
-            let counts = self.rooms.counts();
-            match cluster.place(&room_id, (counts.peers, counts.rooms)).await {
-                Ok(Placement::Here) => {}
-                Ok(Placement::Elsewhere(node)) => return self.relay(frame, &node.url).await,
-                Err(err) => {
-                    tracing::warn!(room = %room_id, %err, "join refused: no placement");
-                    let reason = format!("the room cannot be placed in the cluster: {err}");
-                    return self.send(frame.reply_error(&reason)).await;
-                }
-            }
-        }
+        let Some(frame) = self.place(frame, &room_id).await? else {
+            return Ok(());
+        };
         let peer_id = PeerId::from(uuid::Uuid::new_v4());
         tracing::info!(room = %room_id, peer = %peer_id, "channel joined");
         self.channels.insert(
@@ -448,31 +439,54 @@ impl Socket {
         self.send(frame.reply_ok()).await
     }
 
-    /// Carries the channel `join` opens to the node at `node_url`, where its room lives: the
-    /// join goes there, and so does every later frame of its topic.
-    async fn relay(&mut self, join: Frame, node_url: &str) -> Result<(), SocketGone> {
-        let Some(cluster) = &self.rooms.settings().cluster else {
-            return Ok(());
+    /// Where `join`'s room lives, in a cluster: here (the join is handed back, to be joined
+    /// here), or on another node, to which the channel is then relayed (its join goes there,
+    /// and so does every later frame of its topic). A node that cannot be reached loses its
+    /// records and the room is placed again, once: after a node died, the first join of its
+    /// room need not wait for its record to expire.
+    async fn place(&mut self, join: Frame, room_id: &RoomId) -> Result<Option<Frame>, SocketGone> {
+        let Some(cluster) = self.rooms.settings().cluster.clone() else {
+            return Ok(Some(join));
         };
-        let opened = Relay::open(
-            node_url,
-            cluster.secret(),
-            self.client,
-            self.token.as_deref(),
-            join.topic.clone(),
-            self.from_nodes.clone(),
-        )
-        .await;
-        match opened {
-            Ok(relay) => {
-                tracing::info!(client = %self.client, topic = join.topic, node_url, "channel relayed");
-                relay.send(join.encode());
-                self.relays.insert(join.topic.clone(), relay);
-                Ok(())
-            }
-            Err(err) => {
-                tracing::warn!(topic = join.topic, %err, "join refused: relay failed");
-                self.send(join.reply_error(&err.to_string())).await
+        let mut placed_again = false;
+        loop {
+            let counts = self.rooms.counts();
+            let node = match cluster.place(room_id, (counts.peers, counts.rooms)).await {
+                Ok(Placement::Here) => return Ok(Some(join)),
+                Ok(Placement::Elsewhere(node)) => node,
+                Err(err) => {
+                    tracing::warn!(room = %room_id, %err, "join refused: no placement");
+                    let reason = format!("the room cannot be placed in the cluster: {err}");
+                    self.send(join.reply_error(&reason)).await?;
+                    return Ok(None);
+                }
+            };
+            let opened = Relay::open(
+                &node.url,
+                cluster.secret(),
+                self.client,
+                self.token.as_deref(),
+                join.topic.clone(),
+                self.from_nodes.clone(),
+            )
+            .await;
+            match opened {
+                Ok(relay) => {
+                    tracing::info!(client = %self.client, room = %room_id, node = node.id, "channel relayed");
+                    relay.send(join.encode());
+                    self.relays.insert(join.topic.clone(), relay);
+                    return Ok(None);
+                }
+                Err(err) if !placed_again => {
+                    tracing::warn!(room = %room_id, node = node.id, %err, "the room's node is unreachable: placing the room again");
+                    cluster.unreachable(room_id, &node.id).await;
+                    placed_again = true;
+                }
+                Err(err) => {
+                    tracing::warn!(room = %room_id, %err, "join refused: relay failed");
+                    self.send(join.reply_error(&err.to_string())).await?;
+                    return Ok(None);
+                }
             }
         }
     }
