@@ -1,7 +1,7 @@
 //! Several videoroom nodes sharing one Redis (`--redis`): Redis knows which node hosts which
 //! room and how loaded each node is. Each node keeps a heartbeat record (its id, public URL,
-//! peers, rooms, CPU, draining) that expires a few seconds after the node stops refreshing
-//! it. A room's first join places it on the least-loaded live node with `SET NX`, so two first
+//! peers, rooms, CPU, packets forwarded a second, draining) that expires a few seconds after
+//! the node stops refreshing it. A room's first join places it on the least-loaded live node with `SET NX`, so two first
 //! joins through two nodes agree on one; the record lives while the room does (its node
 //! refreshes it) and goes when the room empties or its node dies. A client reaching another
 //! node is relayed there by [`crate::signaling::relay`]; its media goes straight to the room's
@@ -54,6 +54,8 @@ pub struct NodeRecord {
     pub rooms: usize,
     /// Share of one core used since the last heartbeat, in percent.
     pub cpu: f64,
+    /// Packets forwarded to subscribers a second, since the last heartbeat.
+    pub packets_per_second: f64,
     /// Taking no new rooms (`--drain`).
     pub draining: bool,
 }
@@ -113,7 +115,9 @@ impl Cluster {
             .unwrap_or(candidate);
         // Known to the others before it takes its first join: a room placed here at once must
         // not look like a dead node's to them.
-        cluster.write_record(&cluster.record(0, 0, 0.0)).await?;
+        cluster
+            .write_record(&cluster.record(0, 0, Load::default()))
+            .await?;
         Ok(cluster)
     }
 
@@ -146,7 +150,7 @@ impl Cluster {
         let mut nodes = self.nodes().await?;
         if !nodes.iter().any(|node| node.id == self.id) {
             // Its first heartbeat is not written yet.
-            nodes.push(self.record(load.0, load.1, 0.0));
+            nodes.push(self.record(load.0, load.1, Load::default()));
         }
         for _ in 0..3 {
             let owner: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
@@ -285,14 +289,15 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             let mut shutdown = registry.shutdown_watch();
-            let mut cpu = CpuMeter::default();
+            let mut meter = LoadMeter::default();
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.wait_for(|stopping| *stopping) => break,
                 }
-                if let Err(err) = cluster.beat(&registry, cpu.percent()).await {
+                let load = meter.read(&registry);
+                if let Err(err) = cluster.beat(&registry, load).await {
                     tracing::warn!(%err, "cluster heartbeat failed; retrying");
                 }
             }
@@ -309,20 +314,21 @@ impl Cluster {
         self.query::<()>(&record_command(record)).await
     }
 
-    fn record(&self, peers: usize, rooms: usize, cpu: f64) -> NodeRecord {
+    fn record(&self, peers: usize, rooms: usize, load: Load) -> NodeRecord {
         NodeRecord {
             id: self.id.clone(),
             url: self.url.clone(),
             peers,
             rooms,
-            cpu,
+            cpu: load.cpu,
+            packets_per_second: load.packets_per_second,
             draining: self.draining,
         }
     }
 
-    async fn beat(&self, registry: &Registry, cpu: f64) -> Result<(), ClusterError> {
+    async fn beat(&self, registry: &Registry, load: Load) -> Result<(), ClusterError> {
         let counts = registry.counts();
-        let record = self.record(counts.peers, counts.rooms, cpu);
+        let record = self.record(counts.peers, counts.rooms, load);
         let mut pipe = redis::pipe();
         pipe.add_command(record_command(&record)).ignore();
         // Each room open here keeps its record: made again if it went (a release that raced
@@ -393,28 +399,43 @@ async fn bounded<T>(operation: impl std::future::Future<Output = T>) -> Result<T
         .map_err(|_| ClusterError::Timeout)
 }
 
-/// This process's CPU use between two readings, from `/proc/self/stat`.
-#[derive(Default)]
-struct CpuMeter {
-    last: Option<(u64, std::time::Instant)>,
+/// A node's work between two heartbeats.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    cpu: f64,
+    packets_per_second: f64,
 }
 
-impl CpuMeter {
-    fn percent(&mut self) -> f64 {
-        let Some(ticks) = process_ticks() else {
-            return 0.0;
-        };
+/// What the last reading was: this process's CPU ticks and the packets forwarded, and when.
+#[derive(Default)]
+struct LoadMeter {
+    last: Option<(u64, u64, std::time::Instant)>,
+}
+
+impl LoadMeter {
+    /// The load since the last reading (nothing at the first).
+    fn read(&mut self, registry: &Registry) -> Load {
+        let ticks = process_ticks().unwrap_or(0);
+        let packets: u64 = registry
+            .worker_loads()
+            .iter()
+            .map(|load| load.forwarded_packets)
+            .sum();
         let now = std::time::Instant::now();
-        let percent = match self.last {
-            Some((before, at)) => {
+        let load = match self.last {
+            Some((ticks_before, packets_before, at)) => {
+                let seconds = now.duration_since(at).as_secs_f64().max(1e-3);
                 // Linux counts in USER_HZ, 100 a second on every architecture it runs on.
-                let used = (ticks.saturating_sub(before)) as f64 / 100.0;
-                100.0 * used / now.duration_since(at).as_secs_f64().max(1e-3)
+                let cpu_seconds = ticks.saturating_sub(ticks_before) as f64 / 100.0;
+                Load {
+                    cpu: 100.0 * cpu_seconds / seconds,
+                    packets_per_second: packets.saturating_sub(packets_before) as f64 / seconds,
+                }
             }
-            None => 0.0,
+            None => Load::default(),
         };
-        self.last = Some((ticks, now));
-        percent
+        self.last = Some((ticks, packets, now));
+        load
     }
 }
 
@@ -439,6 +460,7 @@ mod tests {
             peers,
             rooms,
             cpu: 0.0,
+            packets_per_second: 0.0,
             draining,
         }
     }
@@ -478,10 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn this_process_uses_some_cpu() {
+    fn this_process_has_cpu_ticks() {
         assert!(process_ticks().is_some());
-        let mut meter = CpuMeter::default();
-        assert_eq!(meter.percent(), 0.0);
-        assert!(meter.percent() >= 0.0);
     }
 }

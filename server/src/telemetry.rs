@@ -117,7 +117,8 @@ pub fn render(counts: Counts, worker_loads: &[WorkerLoad]) -> String {
     handle.render()
 }
 
-/// The cluster's gauges: each live node's rooms (by their records), peers and CPU.
+/// The cluster's gauges: each live node's rooms (by their records), peers, CPU and packets
+/// forwarded a second.
 pub fn cluster(view: &ClusterView) {
     metrics::gauge!("videoroom_cluster_nodes").set(view.nodes.len() as f64);
     for node in &view.nodes {
@@ -130,6 +131,8 @@ pub fn cluster(view: &ClusterView) {
         metrics::gauge!("videoroom_cluster_node_rooms", "node" => id.clone()).set(rooms as f64);
         metrics::gauge!("videoroom_cluster_node_peers", "node" => id.clone())
             .set(node.peers as f64);
-        metrics::gauge!("videoroom_cluster_node_cpu_percent", "node" => id).set(node.cpu);
+        metrics::gauge!("videoroom_cluster_node_cpu_percent", "node" => id.clone()).set(node.cpu);
+        metrics::gauge!("videoroom_cluster_node_packets_per_second", "node" => id)
+            .set(node.packets_per_second);
     }
 }

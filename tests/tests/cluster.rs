@@ -89,6 +89,25 @@ async fn people_joining_through_different_nodes_meet_on_the_rooms_node() -> anyh
         (other_counts.rooms, other_counts.peers) == (0, 0),
         "the other node holds {other_counts:?}"
     );
+    // Its heartbeat tells the others what it forwards.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = stats(&a).await?;
+        let record = view["cluster"]["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|node| node["id"] == owner.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        if record["packets_per_second"].as_f64().unwrap_or(0.0) > 0.0 {
+            println!("node {owner}'s record: {record}");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "node {owner}'s record shows no forwarding: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ann.leave().await;
     bob.leave().await;
     Ok(())

@@ -191,8 +191,16 @@ struct WorkerLink {
     commands: mpsc::UnboundedSender<Command>,
     /// Endpoints placed on it now: where the next room goes.
     endpoints: Arc<AtomicUsize>,
+    meters: Arc<WorkerMeters>,
+}
+
+/// What a worker counts as it goes, for the engine to read.
+#[derive(Debug, Default)]
+pub struct WorkerMeters {
     /// Nanoseconds its loop has spent working, not waiting.
-    busy: Arc<AtomicU64>,
+    pub busy: AtomicU64,
+    /// Packets it has sent to subscribers.
+    pub forwarded_packets: AtomicU64,
 }
 
 /// How loaded a worker is.
@@ -201,6 +209,8 @@ pub struct WorkerLoad {
     pub peer_connections: usize,
     /// The time its loop has spent working (not waiting) since it started.
     pub busy: Duration,
+    /// The packets it has forwarded since it started.
+    pub forwarded_packets: u64,
 }
 
 /// The media workers. Dropping the engine (and every room's [`RoomMedia`]) stops them.
@@ -236,7 +246,7 @@ impl MediaEngine {
             )?;
             let bound = socket.local_addr()?;
             let (commands, receiver) = mpsc::unbounded_channel();
-            let busy = Arc::new(AtomicU64::new(0));
+            let meters = Arc::new(WorkerMeters::default());
             let worker_settings = WorkerSettings {
                 candidates: settings
                     .candidate_ips
@@ -249,8 +259,8 @@ impl MediaEngine {
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn({
-                    let busy = busy.clone();
-                    move || worker::run(socket, listener, worker_settings, receiver, busy)
+                    let meters = meters.clone();
+                    move || worker::run(socket, listener, worker_settings, receiver, meters)
                 })
                 .context("cannot start a media worker")?;
             tracing::info!(worker = index, address = %bound, "media worker listening (UDP and ICE-TCP)");
@@ -259,7 +269,7 @@ impl MediaEngine {
             workers.push(WorkerLink {
                 commands,
                 endpoints: Arc::default(),
-                busy,
+                meters,
             });
         }
         Ok(Arc::new(MediaEngine {
@@ -281,7 +291,7 @@ impl MediaEngine {
             workers: vec![WorkerLink {
                 commands,
                 endpoints: Arc::default(),
-                busy: Arc::default(),
+                meters: Arc::default(),
             }],
             ports: Vec::new(),
             candidate_ips: Vec::new(),
@@ -313,7 +323,8 @@ impl MediaEngine {
             .iter()
             .map(|worker| WorkerLoad {
                 peer_connections: worker.endpoints.load(Ordering::Relaxed),
-                busy: Duration::from_nanos(worker.busy.load(Ordering::Relaxed)),
+                busy: Duration::from_nanos(worker.meters.busy.load(Ordering::Relaxed)),
+                forwarded_packets: worker.meters.forwarded_packets.load(Ordering::Relaxed),
             })
             .collect()
     }

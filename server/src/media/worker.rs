@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use crate::media::demux::{Demux, EndpointKey};
 use crate::media::down_track::{header_for_leg, Arrival, DownTrack};
 use crate::media::endpoint::{self, Endpoint, PublicationKey, Subscribed};
 use crate::media::engine::{
-    Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription,
+    Command, EndpointEvent, EndpointReport, Negotiation, RoomKey, Subscription, WorkerMeters,
 };
 use crate::media::simulcast::{Incoming, Layer, Layers, LAYERS};
 use crate::media::tcp::{TcpFrame, TcpFrames, TcpLinks};
@@ -82,7 +82,7 @@ pub(crate) fn run(
     listener: TcpListener,
     settings: WorkerSettings,
     commands: mpsc::UnboundedReceiver<Command>,
-    busy: Arc<AtomicU64>,
+    meters: Arc<WorkerMeters>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -120,8 +120,8 @@ pub(crate) fn run(
             socket,
             tcp,
             tcp_frames,
-            media: Media::new(settings, candidates),
-            busy,
+            media: Media::new(settings, candidates, meters.clone()),
+            meters,
         };
         worker.run(commands).await;
     });
@@ -132,8 +132,8 @@ struct Worker {
     tcp: TcpLinks,
     tcp_frames: TcpFrames,
     media: Media,
-    /// Nanoseconds spent working, not waiting (the engine reads it for `/metrics`).
-    busy: Arc<AtomicU64>,
+    /// What the engine reads for `/metrics` and the cluster's load.
+    meters: Arc<WorkerMeters>,
 }
 
 /// What woke a worker's loop.
@@ -178,7 +178,7 @@ impl Worker {
             }
             self.send();
             let worked = woke.elapsed().as_nanos() as u64;
-            self.busy.fetch_add(worked, Ordering::Relaxed);
+            self.meters.busy.fetch_add(worked, Ordering::Relaxed);
         }
         self.media.close_all();
         self.send();
@@ -324,6 +324,8 @@ impl Publication {
 /// Everything of a worker but its socket.
 struct Media {
     settings: WorkerSettings,
+    /// Shared with the engine: what it reads of this worker's work.
+    meters: Arc<WorkerMeters>,
     /// The worker's UDP and TCP candidates.
     candidates: Vec<RTCIceCandidateInit>,
     endpoints: HashMap<EndpointKey, Endpoint>,
@@ -348,8 +350,13 @@ struct Media {
 }
 
 impl Media {
-    fn new(settings: WorkerSettings, candidates: Vec<RTCIceCandidateInit>) -> Media {
+    fn new(
+        settings: WorkerSettings,
+        candidates: Vec<RTCIceCandidateInit>,
+        meters: Arc<WorkerMeters>,
+    ) -> Media {
         Media {
+            meters,
             settings,
             candidates,
             endpoints: HashMap::new(),
@@ -1117,6 +1124,9 @@ impl Media {
             want_keyframe(&mut self.keyframes_wanted, key, publication, layer);
         }
         self.counters.forwarded_packets.increment(sent);
+        self.meters
+            .forwarded_packets
+            .fetch_add(sent, Ordering::Relaxed);
         self.counters
             .forwarded_bytes
             .increment(sent * packet.payload.len() as u64);
