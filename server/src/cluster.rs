@@ -1,11 +1,12 @@
 //! Several videoroom nodes sharing one Redis (`--redis`): Redis knows which node hosts which
 //! room and how loaded each node is. Each node keeps a heartbeat record (its id, public URL,
-//! peers, rooms, CPU, packets forwarded a second, draining) that expires a few seconds after
-//! the node stops refreshing it. A room's first join places it on the least-loaded live node with `SET NX`, so two first
-//! joins through two nodes agree on one; the record lives while the room does (its node
-//! refreshes it) and goes when the room empties or its node dies. A client reaching another
-//! node is relayed there by [`crate::signaling::relay`]; its media goes straight to the room's
-//! node. Without `--redis` nothing here runs.
+//! media addresses, peers, rooms, CPU, packets forwarded a second, draining) that expires a
+//! few seconds after the node stops refreshing it. A room's first join places it on the
+//! least-loaded live node with `SET NX`, so two first joins through two nodes agree on one;
+//! the record lives while the room does (its node refreshes it) and goes when the room
+//! empties or its node dies. A client reaching another node is relayed there by
+//! [`crate::signaling::relay`]; its media goes straight to the room's node. Without `--redis`
+//! nothing here runs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct NodeRecord {
     pub id: String,
     /// Where clients and other nodes reach its HTTP and signaling socket.
     pub url: String,
+    /// Where browsers send its media (UDP and ICE-TCP), one address a media worker.
+    pub media: String,
     pub peers: usize,
     pub rooms: usize,
     /// Share of one core used since the last heartbeat, in percent.
@@ -58,6 +61,16 @@ pub struct NodeRecord {
     pub packets_per_second: f64,
     /// Taking no new rooms (`--drain`).
     pub draining: bool,
+}
+
+/// Who a node is and where it is reached.
+#[derive(Debug, Clone)]
+pub struct NodeAddress {
+    pub id: String,
+    /// Its HTTP and signaling socket, for clients and the other nodes.
+    pub url: String,
+    /// Its media addresses, comma-separated.
+    pub media: String,
 }
 
 /// Where a room is.
@@ -83,24 +96,25 @@ pub struct Cluster {
     redis: ConnectionManager,
     id: String,
     url: String,
+    media: String,
     draining: bool,
     secret: String,
 }
 
 impl Cluster {
-    /// Connects to Redis at `url` as node `id`, reachable at `public_url`.
+    /// Connects to Redis at `url` as `node`.
     pub async fn connect(
         url: &str,
-        id: String,
-        public_url: String,
+        node: NodeAddress,
         draining: bool,
     ) -> Result<Cluster, ClusterError> {
         let client = redis::Client::open(url)?;
         let redis = bounded(ConnectionManager::new(client)).await??;
         let mut cluster = Cluster {
             redis,
-            id,
-            url: public_url,
+            id: node.id,
+            url: node.url,
+            media: node.media,
             draining,
             secret: String::new(),
         };
@@ -318,6 +332,7 @@ impl Cluster {
         NodeRecord {
             id: self.id.clone(),
             url: self.url.clone(),
+            media: self.media.clone(),
             peers,
             rooms,
             cpu: load.cpu,
@@ -457,6 +472,7 @@ mod tests {
         NodeRecord {
             id: id.to_owned(),
             url: format!("http://{id}"),
+            media: String::new(),
             peers,
             rooms,
             cpu: 0.0,

@@ -31,6 +31,7 @@ pub mod turn;
 mod web_client;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +88,20 @@ pub async fn serve(
                 .public_url
                 .clone()
                 .unwrap_or_else(|| format!("{scheme}://{address}"));
-            let cluster = Cluster::connect(redis, id, url, config.drain)
+            // Where browsers send this node's media: its first candidate address, each port.
+            let media_address = media
+                .ports()
+                .iter()
+                .filter_map(|port| Some(SocketAddr::new(*media.candidate_ips().first()?, *port)))
+                .map(|address| address.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let node = cluster::NodeAddress {
+                id,
+                url,
+                media: media_address,
+            };
+            let cluster = Cluster::connect(redis, node, config.drain)
                 .await
                 .with_context(|| format!("cannot join the cluster at {redis}"))?;
             tracing::info!(node = cluster.id(), "in the cluster of {redis}");
