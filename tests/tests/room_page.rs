@@ -29,8 +29,11 @@ const INDICATOR_TIMEOUT: Duration = Duration::from_secs(5);
 const WATCH_AFTER_LEAVE: Duration = Duration::from_millis(2500);
 /// How long the others' video is watched from someone's click on Join.
 const WATCH_WHILE_JOINING: Duration = Duration::from_secs(4);
-/// The longest the others' video may stop (no new frame) when someone leaves.
-const STALL_LIMIT: Duration = Duration::from_secs(1);
+/// The longest the others' video may stop (no new frame) when someone joins or leaves. Seen
+/// unloaded: 60–500 ms; with other browser tests beside it on two cores, up to 1.3 s (the
+/// joiner's page and the renegotiation compete for the CPU). A new video element is caught on
+/// its own, whatever the stop.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
 /// How long a page may take to say it joined.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -1659,7 +1662,8 @@ async fn denied_camera_and_microphone_still_joins_receive_only() -> anyhow::Resu
 }
 
 /// When someone joins or leaves, the call is renegotiated; the others' video of each other
-/// must keep playing through it (no stop longer than [`STALL_LIMIT`]).
+/// must keep playing through it, in the same video element (no stop longer than
+/// [`STALL_LIMIT`]).
 #[tokio::test]
 async fn the_others_keep_playing_while_someone_joins_and_leaves() -> anyhow::Result<()> {
     let _turn = BROWSER_TURN.lock().await;
@@ -1705,7 +1709,8 @@ async fn the_others_keep_playing_while_someone_joins_and_leaves() -> anyhow::Res
         report_watches(&leaving);
 
         for (when, watch, browser, page, name) in joining.iter().chain(&leaving) {
-            if watch.longest_stall <= STALL_LIMIT {
+            // A tile's video element stays the same one: a new one starts over from black.
+            if watch.longest_stall <= STALL_LIMIT && !watch.replaced {
                 continue;
             }
             let rtp = inbound_video(browser)

@@ -357,6 +357,38 @@ fn call(props: &CallProps) -> Html {
         .find(|columns| columns * columns >= tiles)
         .unwrap_or(1);
     let layout = format!("--columns: {columns}; --others: {}", (tiles - 1).max(1));
+    // One list, every tile keyed: Yew then keeps each tile (and its playing video) when
+    // someone joins or leaves. A list of keyed and unkeyed children (a tile, then a `for`,
+    // then an `if`) is diffed by position, and every tile was made anew.
+    let mut tiles_in_order: Vec<Html> = vec![html! {
+        <Tile key="local" peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
+            local=true mic_muted={!state.mic_on} camera_off={!state.camera_on}
+            pinned={pinned.as_deref() == Some(me.as_str())} on_pin={pin(me.clone())}
+            speaking={state.me.as_ref().is_some_and(|me| state.speaking.contains(me))} order={state.tile_order(state.me.as_ref())} />
+    }];
+    tiles_in_order.extend(state.peers_by_arrival().into_iter().map(|(id, peer)| html! {
+        <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
+            mic_muted={peer.mic_muted()} camera_off={peer.camera_off()}
+            pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())}
+            speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))}
+            stats={stats_of(&peer.stream, peer.layer)} />
+    }));
+    if let Some(screen) = state.sharing.clone() {
+        tiles_in_order.push(html! {
+            <Tile key={LOCAL_SCREEN} peer_id={LOCAL_SCREEN} name="Your screen" stream={screen} screen=true
+                mic_muted=false camera_off=false
+                pinned={pinned.as_deref() == Some(LOCAL_SCREEN)} on_pin={pin(LOCAL_SCREEN.to_owned())} />
+        });
+    }
+    tiles_in_order.extend(remote_screens.into_iter().map(|(id, peer, screen)| {
+        let tile_id = screen_tile_id(id);
+        html! {
+            <Tile key={tile_id.clone()} peer_id={tile_id.clone()} name={format!("{}'s screen", peer.name())}
+                stream={screen.clone()} screen=true mic_muted=false camera_off=false
+                pinned={pinned.as_deref() == Some(tile_id.as_str())} on_pin={pin(tile_id.clone())}
+                stats={stats_of(&Some(screen), None)} />
+        }
+    }));
     let status_text = match state.status {
         Status::Connecting => "Connecting…",
         Status::Joined if state.media_stalled => "Connected, no media",
@@ -380,31 +412,7 @@ fn call(props: &CallProps) -> Html {
             }
             <section class={classes!("tiles", pinned_here.then_some("has-pinned"))} style={layout}
                 data-count={tiles.to_string()}>
-                <Tile key="local" peer_id={me.clone()} name={format!("{} (you)", props.display_name)} stream={state.local_stream.clone()}
-                    local=true mic_muted={!state.mic_on} camera_off={!state.camera_on}
-                    pinned={pinned.as_deref() == Some(me.as_str())} on_pin={pin(me.clone())}
-                    speaking={state.me.as_ref().is_some_and(|me| state.speaking.contains(me))} order={state.tile_order(state.me.as_ref())} />
-                { for state.peers_by_arrival().into_iter().map(|(id, peer)| html! {
-                    <Tile key={id.to_string()} peer_id={id.to_string()} name={peer.name()} stream={peer.stream.clone()}
-                        mic_muted={peer.mic_muted()} camera_off={peer.camera_off()}
-                        pinned={pinned.as_deref() == Some(id.to_string().as_str())} on_pin={pin(id.to_string())}
-                        speaking={state.speaking.contains(id)} order={state.tile_order(Some(id))}
-                        stats={stats_of(&peer.stream, peer.layer)} />
-                }) }
-                if let Some(screen) = state.sharing.clone() {
-                    <Tile key={LOCAL_SCREEN} peer_id={LOCAL_SCREEN} name="Your screen" stream={screen} screen=true
-                        mic_muted=false camera_off=false
-                        pinned={pinned.as_deref() == Some(LOCAL_SCREEN)} on_pin={pin(LOCAL_SCREEN.to_owned())} />
-                }
-                { for remote_screens.into_iter().map(|(id, peer, screen)| {
-                    let tile_id = screen_tile_id(id);
-                    html! {
-                        <Tile key={tile_id.clone()} peer_id={tile_id.clone()} name={format!("{}'s screen", peer.name())}
-                            stream={screen.clone()} screen=true mic_muted=false camera_off=false
-                            pinned={pinned.as_deref() == Some(tile_id.as_str())} on_pin={pin(tile_id.clone())}
-                            stats={stats_of(&Some(screen), None)} />
-                    }
-                }) }
+                { for tiles_in_order }
             </section>
             <aside>
                 <h2>{ format!("Participants ({})", state.peers.len() + 1) }</h2>
