@@ -107,6 +107,8 @@ pub fn render(counts: Counts, worker_loads: &[WorkerLoad]) -> String {
     metrics::gauge!("videoroom_rooms").set(counts.rooms as f64);
     metrics::gauge!("videoroom_peers").set(counts.peers as f64);
     metrics::gauge!("videoroom_peer_connections").set(counts.peer_connections as f64);
+    let forwarded: u64 = worker_loads.iter().map(|load| load.forwarded_packets).sum();
+    metrics::counter!(FORWARDED_PACKETS).absolute(forwarded);
     for (worker, load) in worker_loads.iter().enumerate() {
         let worker = worker.to_string();
         metrics::gauge!("videoroom_media_worker_peer_connections", "worker" => worker.clone())

@@ -262,7 +262,6 @@ impl Worker {
 
 /// `/metrics` handles, made once so counting is an atomic add.
 struct Counters {
-    forwarded_packets: metrics::Counter,
     forwarded_bytes: metrics::Counter,
     keyframe_requests: metrics::Counter,
     received: metrics::Counter,
@@ -371,7 +370,6 @@ impl Media {
             forgotten: Vec::new(),
             next_allocation: Instant::now(),
             counters: Counters {
-                forwarded_packets: metrics::counter!(telemetry::FORWARDED_PACKETS),
                 forwarded_bytes: metrics::counter!(telemetry::FORWARDED_BYTES),
                 keyframe_requests: metrics::counter!(telemetry::KEYFRAME_REQUESTS),
                 received: metrics::counter!(telemetry::MEDIA_DATAGRAMS_RECEIVED),
@@ -1063,11 +1061,15 @@ impl Media {
             return; // a layer the publisher did not name
         };
         let arriving = publication.incoming.arriving(now);
-        let keyframe =
-            publication.kind == MediaKind::Video && codec.starts_keyframe(&packet.payload);
+        // A VP8 descriptor is read once: for the keyframe, and for each leg's renumbering.
         let vp8 = (codec == Codec::Vp8)
             .then(|| vp8::Descriptor::parse(&packet.payload))
             .flatten();
+        let keyframe = publication.kind == MediaKind::Video
+            && match &vp8 {
+                Some(descriptor) => descriptor.starts_keyframe(&packet.payload),
+                None => codec.starts_keyframe(&packet.payload),
+            };
         let arrival = Arrival {
             codec,
             header: &packet.header,
@@ -1123,7 +1125,7 @@ impl Media {
         for layer in waiting.iter() {
             want_keyframe(&mut self.keyframes_wanted, key, publication, layer);
         }
-        self.counters.forwarded_packets.increment(sent);
+        // One count for /metrics and the cluster's load alike (the engine reads it).
         self.meters
             .forwarded_packets
             .fetch_add(sent, Ordering::Relaxed);
